@@ -1,0 +1,124 @@
+"""Typed configuration: one dataclass per config group, composed by hydra in the CLI layer.
+
+The core reads these plain dataclasses only; hydra/omegaconf stay in ``pp_sarathi.cli``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, List, Optional
+
+
+@dataclass
+class ModelConfig:
+    name: str = "default"  # preset name (default, tiny, llama-13b, ...)
+    path: Optional[str] = None  # HF checkpoint dir; unset = generate this preset's random-init checkpoint
+    dtype: str = "float32"  # float32, bfloat16 or float16
+    # Shape of the generated random-init checkpoint (ignored when `path` is set).
+    vocab_size: int = 8192
+    hidden_size: int = 1024
+    intermediate_size: int = 2816
+    num_layers: int = 8
+    num_heads: int = 16
+    num_kv_heads: int = 4
+    max_position_embeddings: int = 2048
+    rope_theta: float = 10000.0
+    tie_word_embeddings: bool = False
+    seed: int = 0  # seed of the random init
+
+
+@dataclass
+class SchedulerConfig:
+    name: str = "sarathi"  # orca, vllm, ft, sarathi, sarathi_serve
+    chunk_size: int = 128  # token budget of a batch / prefill chunk size (sarathi, sarathi_serve, vllm)
+    max_batch_size: int = 32  # max requests over all in-flight micro-batches
+    tile_size: int = 1  # sarathi: round chunk + decodes down to a multiple of this (128 on GPUs)
+
+
+@dataclass
+class CacheConfig:
+    block_size: int = 16  # tokens per KV block
+    num_blocks: int = 0  # KV blocks per stage; 0 = enough for max_batch_size full-context requests
+
+
+@dataclass
+class WorkloadConfig:
+    name: str = "synthetic"  # jsonl, synthetic or trace
+    path: Optional[str] = None  # input file for jsonl and trace
+    num_requests: int = 24  # synthetic: how many requests
+    pd_ratio: float = 10.0  # synthetic: prefill tokens / decode tokens of each request
+    length_dist: str = "zipf"  # synthetic: total request length distribution: fixed, uniform, zipf
+    zipf_theta: float = 0.4  # synthetic: Zipf skew
+    min_len: int = 128  # synthetic: shortest request (prompt + output tokens)
+    max_len: int = 512  # synthetic: longest request (prompt + output tokens)
+    arrival: str = "static"  # static (all at t=0), poisson or gamma
+    qps: float = 1.0  # poisson/gamma: mean arrival rate
+    gamma_cv: float = 2.0  # gamma: coefficient of variation of inter-arrival times
+    max_tokens: int = 16  # jsonl: output length for lines without max_tokens
+    seed: int = 0  # synthetic/trace: seed for lengths, arrivals and prompt token ids
+
+
+@dataclass
+class SamplingConfig:
+    temperature: float = 0.0  # 0 = greedy
+    top_p: float = 1.0
+    top_k: int = 0  # 0 = off
+    seed: int = 0  # per-request generators derive from this
+    ignore_eos: bool = False
+    logprobs: int = 0  # top-k logprobs per generated token; 0 = off
+
+
+@dataclass
+class ParallelConfig:
+    pp: int = 1  # pipeline stages
+    backend: str = "auto"  # auto, gloo or nccl
+    partition: Any = "uniform"  # uniform, balanced, or a list of layer counts per stage
+    timeout_s: float = 60.0  # a stage silent this long (or a dead peer) ends the run
+    threads_per_stage: int = 0  # CPU threads per stage; 0 = cores / local stages
+
+
+@dataclass
+class WandbConfig:
+    mode: str = "offline"  # offline, online or disabled
+    project: str = "pp_sarathi"
+    group: Optional[str] = None
+    name: Optional[str] = None
+
+
+@dataclass
+class LoggingConfig:
+    level: str = "INFO"
+    progress: bool = True  # progress bar on rank 0
+    trace: bool = True  # write trace.json
+    timeline: bool = True  # write timeline.png
+    wandb: WandbConfig = field(default_factory=WandbConfig)
+
+
+@dataclass
+class CompareConfig:
+    schedulers: List[str] = field(default_factory=lambda: ["orca", "sarathi"])
+    baseline: str = "orca"  # ratios are taken against this one
+
+
+@dataclass
+class MicrobenchConfig:
+    chunk_sizes: List[int] = field(default_factory=lambda: [128, 256])
+    decode_batch_sizes: List[int] = field(default_factory=lambda: [4, 16, 32])
+    context_len: int = 256  # KV length each decode attends to
+    warmup: int = 2
+    repeats: int = 7
+
+
+@dataclass
+class RunConfig:
+    command: str = "run"  # set by the CLI: run, compare, microbench, profile, simulate
+    device: str = "auto"  # auto (cuda if present), cpu or cuda
+    model: ModelConfig = field(default_factory=ModelConfig)
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig)
+    cache: CacheConfig = field(default_factory=CacheConfig)
+    workload: WorkloadConfig = field(default_factory=WorkloadConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    compare: CompareConfig = field(default_factory=CompareConfig)
+    microbench: MicrobenchConfig = field(default_factory=MicrobenchConfig)
+    output_dir: str = "."  # filled with hydra.run.dir by the CLI

@@ -1,0 +1,1 @@
+"""Timing, bubble accounting, serving metrics and their outputs (results.json, trace, timeline)."""

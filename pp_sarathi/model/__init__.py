@@ -1,0 +1,1 @@
+"""LLaMA-family model: architecture description, layer-range module, loader, KV cache."""

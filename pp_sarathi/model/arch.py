@@ -1,0 +1,155 @@
+"""Architecture description read from an HF ``config.json`` (transformers 4.x and 5.x keys)."""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+SUPPORTED_ARCHITECTURES = {
+    "LlamaForCausalLM": "llama",
+    "MistralForCausalLM": "mistral",
+    "Qwen2ForCausalLM": "qwen2",
+}
+
+
+class UnsupportedModelError(ValueError):
+    """The checkpoint's architecture or settings are not ones this runtime implements."""
+
+
+@dataclass(frozen=True)
+class ModelArch:
+    """Shapes and numerics of a LLaMA-family decoder, independent of where weights live."""
+
+    family: str  # llama, mistral or qwen2
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    max_position_embeddings: int
+    rms_norm_eps: float
+    rope_theta: float
+    rope_scaling: dict | None = None  # HF rope parameters when not plain default rope
+    tie_word_embeddings: bool = False
+    qkv_bias: bool = False
+    sliding_window: int | None = None
+    eos_token_ids: tuple[int, ...] = field(default_factory=tuple)
+    dtype: str = "float32"  # dtype the checkpoint was saved in
+
+    @property
+    def q_size(self) -> int:
+        return self.num_heads * self.head_dim
+
+    @property
+    def kv_size(self) -> int:
+        return self.num_kv_heads * self.head_dim
+
+    def num_params(self) -> int:
+        per_layer = (self.hidden_size * (self.q_size + 2 * self.kv_size) + self.q_size * self.hidden_size
+                     + 3 * self.hidden_size * self.intermediate_size + 2 * self.hidden_size)
+        embed = self.vocab_size * self.hidden_size
+        return self.num_layers * per_layer + embed * (1 if self.tie_word_embeddings else 2) + self.hidden_size
+
+    @classmethod
+    def from_hf_dict(cls, cfg: dict) -> "ModelArch":
+        archs = cfg.get("architectures") or []
+        family = None
+        for name in archs:
+            family = SUPPORTED_ARCHITECTURES.get(name)
+            if family:
+                break
+        if family is None:
+            family = {"llama": "llama", "mistral": "mistral", "qwen2": "qwen2"}.get(cfg.get("model_type", ""))
+        if family is None:
+            raise UnsupportedModelError(
+                f"unsupported architecture {archs or cfg.get('model_type')!r}; "
+                f"supported: {sorted(SUPPORTED_ARCHITECTURES)}")
+        act = cfg.get("hidden_act", "silu")
+        if act not in ("silu", "swish"):
+            raise UnsupportedModelError(f"unsupported hidden_act {act!r} (only silu)")
+        heads = cfg["num_attention_heads"]
+        hidden = cfg["hidden_size"]
+        head_dim = cfg.get("head_dim") or hidden // heads
+        # transformers 5.x folds rope_theta and rope_scaling into rope_parameters.
+        rope = cfg.get("rope_parameters") or {}
+        theta = cfg.get("rope_theta", rope.get("rope_theta", 10000.0))
+        scaling = cfg.get("rope_scaling") or (rope if rope.get("rope_type", "default") != "default" else None)
+        if scaling is not None:
+            kind = scaling.get("rope_type", scaling.get("type", "default"))
+            if kind == "default":
+                scaling = None
+            elif kind not in ("llama3", "linear"):
+                raise UnsupportedModelError(f"unsupported rope scaling {kind!r} (llama3, linear)")
+        window = cfg.get("sliding_window")
+        if family == "qwen2" and not cfg.get("use_sliding_window", False):
+            window = None
+        eos = cfg.get("eos_token_id")
+        eos_ids = tuple(eos) if isinstance(eos, list) else (() if eos is None else (eos,))
+        return cls(
+            family=family,
+            vocab_size=cfg["vocab_size"],
+            hidden_size=hidden,
+            intermediate_size=cfg["intermediate_size"],
+            num_layers=cfg["num_hidden_layers"],
+            num_heads=heads,
+            num_kv_heads=cfg.get("num_key_value_heads") or heads,
+            head_dim=head_dim,
+            max_position_embeddings=cfg.get("max_position_embeddings", 2048),
+            rms_norm_eps=cfg.get("rms_norm_eps", 1e-6),
+            rope_theta=float(theta),
+            rope_scaling=dict(scaling) if scaling else None,
+            tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+            qkv_bias=family == "qwen2" or bool(cfg.get("attention_bias", False)),
+            sliding_window=window,
+            eos_token_ids=eos_ids,
+            dtype=str(cfg.get("dtype") or cfg.get("torch_dtype") or "float32"),
+        )
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path) -> "ModelArch":
+        path = Path(path)
+        cfg_file = path / "config.json"
+        if not cfg_file.is_file():
+            raise FileNotFoundError(f"model path {str(path)!r} has no config.json")
+        return cls.from_hf_dict(json.loads(cfg_file.read_text()))
+
+
+def rope_tables(arch: ModelArch):
+    """float32 ``(cos, sin)`` tables ``[max_position_embeddings, head_dim]`` on the CPU."""
+    import torch
+
+    inv = rope_inv_freq(arch)
+    pos = torch.arange(arch.max_position_embeddings, dtype=torch.float32, device="cpu")
+    freqs = pos[:, None] * inv[None, :]
+    emb = torch.cat((freqs, freqs), dim=-1)
+    return emb.cos(), emb.sin()
+
+
+def rope_inv_freq(arch: ModelArch):
+    """Inverse rotary frequencies, including llama3 / linear scaling, as HF computes them."""
+    import torch
+
+    dim = arch.head_dim
+    exps = torch.arange(0, dim, 2, dtype=torch.int64, device="cpu").float() / dim
+    inv = 1.0 / (arch.rope_theta ** exps)
+    sc = arch.rope_scaling
+    if not sc:
+        return inv
+    kind = sc.get("rope_type", sc.get("type"))
+    factor = float(sc["factor"])
+    if kind == "linear":
+        return inv / factor
+    low = float(sc.get("low_freq_factor", 1.0))
+    high = float(sc.get("high_freq_factor", 4.0))
+    old_ctx = float(sc.get("original_max_position_embeddings", 8192))
+    low_wavelen = old_ctx / low
+    high_wavelen = old_ctx / high
+    wavelen = 2 * math.pi / inv
+    scaled = torch.where(wavelen > low_wavelen, inv / factor, inv)
+    smooth = (old_ctx / wavelen - low) / (high - low)
+    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
+    medium = ~(wavelen < high_wavelen) & ~(wavelen > low_wavelen)
+    return torch.where(medium, smoothed, scaled)

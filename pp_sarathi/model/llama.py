@@ -1,0 +1,131 @@
+"""A LLaMA-family decoder restricted to a layer range, executing hybrid batches.
+
+A hybrid batch is a flat run of tokens from several parts (a prefill chunk, decodes, ...).
+Every linear layer runs once over all of them; only attention looks at parts separately.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .arch import ModelArch, rope_tables
+from .kv_cache import AttentionMetadata, KVCache
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Normalise in float32 whatever the activation dtype, as the reference does.
+        xf = x.float()
+        xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * xf.to(x.dtype)
+
+
+def _rotate_half(x: torch.Tensor) -> torch.Tensor:
+    half = x.shape[-1] // 2
+    return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, arch: ModelArch):
+        super().__init__()
+        self.arch = arch
+        h = arch.hidden_size
+        self.input_layernorm = RMSNorm(h, arch.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(h, arch.rms_norm_eps)
+        # Q, K, V fused into one matmul, gate and up into another.
+        self.qkv_proj = nn.Linear(h, arch.q_size + 2 * arch.kv_size, bias=arch.qkv_bias)
+        self.o_proj = nn.Linear(arch.q_size, h, bias=False)
+        self.gate_up_proj = nn.Linear(h, 2 * arch.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(arch.intermediate_size, h, bias=False)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                meta: AttentionMetadata, k_pool: torch.Tensor, v_pool: torch.Tensor) -> torch.Tensor:
+        a = self.arch
+        qkv = self.qkv_proj(self.input_layernorm(x))
+        q, k, v = qkv.split([a.q_size, a.kv_size, a.kv_size], dim=-1)
+        q = q.view(-1, a.num_heads, a.head_dim)
+        k = k.view(-1, a.num_kv_heads, a.head_dim)
+        v = v.view(-1, a.num_kv_heads, a.head_dim)
+        q = q * cos + _rotate_half(q) * sin
+        k = k * cos + _rotate_half(k) * sin
+        k_pool.index_copy_(0, meta.slot_mapping, k)
+        v_pool.index_copy_(0, meta.slot_mapping, v)
+        attn = self._attention(q, meta, k_pool, v_pool)
+        x = x + self.o_proj(attn.reshape(-1, a.q_size))
+        gate, up = self.gate_up_proj(self.post_attention_layernorm(x)).chunk(2, dim=-1)
+        return x + self.down_proj(F.silu(gate) * up)
+
+    def _attention(self, q, meta: AttentionMetadata, k_pool, v_pool) -> torch.Tensor:
+        out = torch.empty_like(q)
+        gqa = self.arch.num_kv_heads != self.arch.num_heads
+        for row, n, start, gather, mask in meta.chunks:
+            qc = q[row:row + n].transpose(0, 1).unsqueeze(0)  # [1, H, n, d]
+            kc = k_pool[gather].transpose(0, 1).unsqueeze(0)  # [1, Hkv, ctx, d]
+            vc = v_pool[gather].transpose(0, 1).unsqueeze(0)
+            o = F.scaled_dot_product_attention(qc, kc, vc, attn_mask=mask, is_causal=mask is None,
+                                               enable_gqa=gqa)
+            out[row:row + n] = o[0].transpose(0, 1)
+        if meta.decode_rows is not None:
+            qd = q[meta.decode_rows].unsqueeze(2)  # [D, H, 1, d]
+            kd = k_pool[meta.decode_gather].transpose(1, 2)  # [D, Hkv, ctx, d]
+            vd = v_pool[meta.decode_gather].transpose(1, 2)
+            o = F.scaled_dot_product_attention(qd, kd, vd, attn_mask=meta.decode_mask, enable_gqa=gqa)
+            out[meta.decode_rows] = o.squeeze(2)
+        return out
+
+
+class StageModel(nn.Module):
+    """Layers ``[start, end)`` of the model; embedding on the first stage, norm + LM head on the last."""
+
+    def __init__(self, arch: ModelArch, start: int, end: int):
+        super().__init__()
+        if not 0 <= start < end <= arch.num_layers:
+            raise ValueError(f"layer range [{start}, {end}) outside [0, {arch.num_layers})")
+        self.arch, self.start, self.end = arch, start, end
+        self.is_first = start == 0
+        self.is_last = end == arch.num_layers
+        self.embed_tokens = nn.Embedding(arch.vocab_size, arch.hidden_size) if self.is_first else None
+        self.layers = nn.ModuleList(DecoderLayer(arch) for _ in range(start, end))
+        self.norm = RMSNorm(arch.hidden_size, arch.rms_norm_eps) if self.is_last else None
+        self.lm_head = nn.Linear(arch.hidden_size, arch.vocab_size, bias=False) if self.is_last else None
+        self.reset_rope()
+
+    def reset_rope(self) -> None:
+        """(Re)build the rotary tables; needed after ``to_empty`` wiped the buffers."""
+        device = self.layers[0].o_proj.weight.device
+        device = "cpu" if device.type == "meta" else device
+        cos, sin = rope_tables(self.arch)
+        self.register_buffer("rope_cos", cos.to(device), persistent=False)
+        self.register_buffer("rope_sin", sin.to(device), persistent=False)
+
+    @property
+    def num_local_layers(self) -> int:
+        return self.end - self.start
+
+    def new_kv_cache(self, num_blocks: int, block_size: int) -> KVCache:
+        p = next(self.parameters())
+        a = self.arch
+        return KVCache(self.num_local_layers, num_blocks, block_size, a.num_kv_heads, a.head_dim,
+                       p.dtype, p.device)
+
+    @torch.inference_mode()
+    def forward(self, inputs: torch.Tensor, meta: AttentionMetadata, kv: KVCache) -> torch.Tensor:
+        """Token ids ``[T]`` on the first stage, hidden ``[T, h]`` elsewhere.
+
+        Returns hidden states ``[T, h]``, or on the last stage float32 logits ``[L, vocab]`` of
+        the rows in ``meta.logits_indices``.
+        """
+        x = self.embed_tokens(inputs) if self.is_first else inputs
+        cos = self.rope_cos[meta.positions].to(x.dtype)[:, None, :]
+        sin = self.rope_sin[meta.positions].to(x.dtype)[:, None, :]
+        for i, layer in enumerate(self.layers):
+            x = layer(x, cos, sin, meta, kv.k[i], kv.v[i])
+        if not self.is_last:
+            return x
+        return self.lm_head(self.norm(x[meta.logits_indices])).float()

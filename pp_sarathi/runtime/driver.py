@@ -1,0 +1,69 @@
+"""The rank-0 loop: scheduler -> stages -> sampled tokens -> scheduler, with up to ``pp``
+micro-batches in flight."""
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Protocol
+
+from ..metrics.timing import StageClock
+from ..scheduler import BatchPlan, SampleResult, Scheduler
+
+
+class Pipeline(Protocol):
+    num_stages: int
+
+    def submit(self, plan: BatchPlan) -> None: ...
+
+    def collect(self) -> list[SampleResult | None]: ...
+
+
+@dataclass
+class BatchRecord:
+    """One micro-batch as the driver saw it."""
+
+    batch_id: int
+    kind: str
+    num_requests: int
+    num_prefill_tokens: int
+    num_decode_tokens: int
+    scheduled_at: float
+    done_at: float
+    request_indices: list[int]
+
+
+class Progress(Protocol):
+    def update(self, n: int) -> None: ...
+
+
+def drive(scheduler: Scheduler, pipeline: Pipeline, clock: StageClock,
+          progress: Progress | None = None) -> list[BatchRecord]:
+    """Run until every request has finished; returns the micro-batches in completion order."""
+    inflight: deque[BatchPlan] = deque()
+    records: list[BatchRecord] = []
+    while scheduler.has_unfinished:
+        while len(inflight) < pipeline.num_stages:
+            plan = scheduler.schedule(clock.now())
+            if plan is None:
+                break
+            pipeline.submit(plan)
+            inflight.append(plan)
+        if inflight:
+            plan = inflight.popleft()
+            results = pipeline.collect()
+            done_at = clock.now()
+            finished = scheduler.on_batch_done(plan, results, done_at)
+            records.append(BatchRecord(plan.id, plan.kind, len(plan.parts), plan.num_prefill_tokens,
+                                       plan.num_decode_tokens, plan.scheduled_at, done_at,
+                                       [p.seq_index for p in plan.parts]))
+            if progress is not None and finished:
+                progress.update(len(finished))
+            continue
+        nxt = scheduler.next_arrival()
+        if nxt is None:
+            # Nothing runs, nothing will arrive: the rest can never be scheduled.
+            scheduler.abort_all("could not be scheduled (KV cache or batch limits)", clock.now())
+            break
+        time.sleep(max(0.0, nxt - clock.now()))
+    return records

@@ -1,0 +1,66 @@
+"""Serve a workload on this process (pp=1) or as rank 0 of a pipeline."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..config import RunConfig
+from ..metrics.timing import StageClock
+from ..model.arch import ModelArch
+from ..scheduler import BlockManager, Scheduler, make_scheduler
+from ..workload import Request, load_workload
+from .driver import Progress, drive
+from .local import LocalPipeline
+from .outcome import RunOutcome
+from .partition import layer_counts, layer_ranges
+from .sampler import Sampler
+from .setup import build_executor, num_kv_blocks, pick_device, resolve_model
+
+
+@dataclass
+class Prepared:
+    """Everything checked and resolved before any stage starts."""
+
+    cfg: RunConfig
+    model_path: Path
+    arch: ModelArch
+    requests: list[Request]
+    layer_ranges: list[tuple[int, int]]
+
+
+def prepare(cfg: RunConfig) -> Prepared:
+    """Validate the config, write/locate the model, read the workload: fail here, early."""
+    if cfg.scheduler.chunk_size < 1:
+        raise ValueError(f"scheduler.chunk_size must be >= 1, got {cfg.scheduler.chunk_size}")
+    if cfg.parallel.backend not in ("auto", "gloo", "nccl"):
+        raise ValueError(f"parallel.backend must be auto, gloo or nccl, not {cfg.parallel.backend!r}")
+    Sampler(cfg.sampling)  # validates sampling settings
+    path, arch = resolve_model(cfg.model)
+    ranges = layer_ranges(layer_counts(arch, cfg.parallel.pp, cfg.parallel.partition))
+    requests = load_workload(cfg.workload, arch.vocab_size, arch.eos_token_ids)
+    return Prepared(cfg, path, arch, requests, ranges)
+
+
+def new_scheduler(prep: Prepared) -> Scheduler:
+    cfg = prep.cfg
+    blocks = BlockManager(num_kv_blocks(cfg, prep.arch), cfg.cache.block_size)
+    sched = make_scheduler(cfg.scheduler, blocks, prep.arch.max_position_embeddings, cfg.parallel.pp,
+                           prep.arch.eos_token_ids, cfg.sampling.ignore_eos)
+    sched.add_requests(prep.requests, prep.arch.vocab_size)
+    return sched
+
+
+def serve_local(prep: Prepared, progress: Progress | None = None) -> RunOutcome:
+    """pp=1: the whole model in this process."""
+    cfg = prep.cfg
+    device = pick_device(cfg)
+    executor = build_executor(cfg, prep.model_path, prep.arch, (0, prep.arch.num_layers), device)
+    scheduler = new_scheduler(prep)
+    clock = StageClock(device)
+    pipeline = LocalPipeline(executor, clock)
+    t0 = time.perf_counter()
+    batches = drive(scheduler, pipeline, clock, progress)
+    wall = time.perf_counter() - t0
+    seqs = [scheduler.seqs[r.index] for r in prep.requests]
+    return RunOutcome(seqs, batches, pipeline.finish(), 1, wall, prep.layer_ranges, str(device))

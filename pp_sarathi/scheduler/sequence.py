@@ -1,0 +1,65 @@
+"""Scheduling state of one request: tokens so far, KV progress, blocks, timestamps."""
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+
+from ..workload.request import Request
+
+
+class SeqStatus(enum.Enum):
+    PENDING = "pending"  # not arrived yet
+    WAITING = "waiting"  # arrived (or preempted), holds no KV
+    RUNNING = "running"  # admitted, holds KV blocks
+    FINISHED = "finished"
+
+
+@dataclass
+class Sequence:
+    request: Request
+    status: SeqStatus = SeqStatus.PENDING
+    output_token_ids: list[int] = field(default_factory=list)
+    logprobs: list[dict[int, float]] = field(default_factory=list)
+    num_computed: int = 0  # tokens whose K/V are in the cache
+    block_table: list[int] = field(default_factory=list)
+    in_flight: bool = False  # part of a micro-batch that has not come back yet
+    finish_reason: str | None = None
+    # Metrics (seconds since the run started).
+    first_scheduled_time: float | None = None
+    first_token_time: float | None = None
+    token_times: list[float] = field(default_factory=list)
+    finish_time: float | None = None
+    num_preemptions: int = 0
+    preempted_s: float = 0.0
+    _preempted_at: float | None = None
+
+    @property
+    def index(self) -> int:
+        return self.request.index
+
+    @property
+    def arrival_time(self) -> float:
+        return self.request.arrival_time
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.request.prompt_token_ids) + len(self.output_token_ids)
+
+    def token_ids(self, start: int, end: int) -> list[int]:
+        prompt = self.request.prompt_token_ids
+        if end <= len(prompt):
+            return prompt[start:end]
+        return (prompt + self.output_token_ids)[start:end]
+
+    @property
+    def num_uncomputed(self) -> int:
+        return self.num_tokens - self.num_computed
+
+    @property
+    def is_prefill(self) -> bool:
+        """True while prompt tokens (or, after a preemption, recomputed tokens) remain."""
+        return not self.output_token_ids or self.num_uncomputed > 1
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status is SeqStatus.FINISHED

@@ -1,0 +1,15 @@
+"""A request as the workload describes it (what to run), before any scheduling state."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Request:
+    id: str
+    prompt_token_ids: list[int]
+    max_tokens: int
+    arrival_time: float = 0.0  # seconds after the run starts
+    index: int = 0  # position in the input; outputs keep this order
+    error: str | None = None  # set when the request cannot run (it still gets an output line)
+    meta: dict = field(default_factory=dict)
