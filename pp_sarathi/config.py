@@ -7,6 +7,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, List, Optional
 
+from .sim.config import HardwareConfig, SimConfig
+
 
 @dataclass
 class ModelConfig:
@@ -121,4 +123,6 @@ class RunConfig:
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     compare: CompareConfig = field(default_factory=CompareConfig)
     microbench: MicrobenchConfig = field(default_factory=MicrobenchConfig)
+    hardware: HardwareConfig = field(default_factory=HardwareConfig)
+    sim: SimConfig = field(default_factory=SimConfig)
     output_dir: str = "."  # filled with hydra.run.dir by the CLI

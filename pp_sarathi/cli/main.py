@@ -1,1 +1,100 @@
-def main(): pass
+"""``pp-sarathi <command> [hydra overrides]``: the hydra app and subcommand dispatch."""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import uuid
+from pathlib import Path
+
+COMMANDS = ("run", "compare", "microbench", "profile", "simulate")
+USAGE = f"""usage: pp-sarathi <command> [hydra overrides ...]
+commands: {', '.join(COMMANDS)}, report SWEEP_DIR
+examples:
+  pp-sarathi compare                                  # Orca vs SARATHI, pp=2, default model
+  pp-sarathi run scheduler=sarathi parallel.pp=2 workload.num_requests=8
+  pp-sarathi compare -m scheduler.chunk_size=64,128 workload.pd_ratio=5,10
+  torchrun --nproc-per-node 2 -m pp_sarathi run parallel.pp=2
+"""
+
+log = logging.getLogger("pp_sarathi")
+
+
+def conf_dir() -> str:
+    here = Path(__file__).resolve().parents[2] / "conf"
+    if not here.is_dir():
+        raise SystemExit(f"pp-sarathi: hydra config dir not found at {here}")
+    return str(here)
+
+
+def register_configs() -> None:
+    from hydra.core.config_store import ConfigStore
+    from omegaconf import OmegaConf
+
+    from ..config import RunConfig
+
+    cs = ConfigStore.instance()
+    cs.store(name="base_config", node=RunConfig)
+    if not OmegaConf.has_resolver("pp_uid"):
+        token = uuid.uuid4().hex[:6]
+        OmegaConf.register_new_resolver("pp_uid", lambda: token, use_cache=True)
+
+
+def _task(cfg) -> None:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+    from omegaconf import OmegaConf
+
+    from ..config import RunConfig
+    from . import commands
+
+    hc = HydraConfig.get()
+    run_dir = hc.runtime.output_dir
+    multirun = hc.mode == RunMode.MULTIRUN
+    run_cfg: RunConfig = OmegaConf.to_object(cfg)
+    run_cfg.output_dir = run_dir
+    cfg_dict = OmegaConf.to_container(cfg, resolve=True)
+    cfg_dict["output_dir"] = run_dir
+    try:
+        commands.dispatch(run_cfg, cfg_dict, run_dir)
+    except commands.UserError as exc:
+        log.error("error: %s", exc)
+        if multirun:  # record the failed point; the sweep goes on
+            commands.record_failure(run_dir, str(exc))
+            return
+        sys.exit(2)
+    except Exception as exc:
+        if multirun:
+            log.exception("sweep point failed")
+            commands.record_failure(run_dir, repr(exc))
+            return
+        raise
+
+
+def main() -> None:
+    argv = sys.argv[1:]
+    if argv and argv[0] in ("--local_rank", "--local-rank") or (argv and argv[0].startswith("--local_rank=")):
+        argv = argv[2:] if "=" not in argv[0] else argv[1:]  # deepspeed without --no_local_rank
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return
+    cmd, rest = argv[0], argv[1:]
+    if cmd == "report":
+        from .report import report_main
+        sys.exit(report_main(rest))
+    if cmd not in COMMANDS:
+        print(f"pp-sarathi: unknown command {cmd!r}\n{USAGE}", file=sys.stderr)
+        sys.exit(2)
+    extra = [f"command={cmd}"]
+    if int(os.environ.get("RANK", "0")) != 0:
+        # Only rank 0 writes files and logs.
+        extra += ["hydra.output_subdir=null", "hydra/job_logging=disabled", "hydra/hydra_logging=disabled"]
+    sys.argv = [sys.argv[0]] + rest + extra
+    register_configs()
+    import hydra
+
+    hydra.main(config_path=conf_dir(), config_name="config", version_base=None)(_task)()
+
+
+if __name__ == "__main__":
+    main()

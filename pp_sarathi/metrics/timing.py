@@ -25,6 +25,10 @@ class StageClock:
         """Host time in seconds since the origin."""
         return time.perf_counter() - self._origin
 
+    def sleep_until(self, t: float) -> None:
+        """Wait until host time ``t`` (the simulator's virtual clock jumps instead)."""
+        time.sleep(max(0.0, t - self.now()))
+
     def stamp(self):
         """A device-side stamp (CUDA event) on GPU, host time on CPU; resolve with :meth:`seconds`."""
         if self.cuda:

@@ -2,13 +2,12 @@
 micro-batches in flight."""
 from __future__ import annotations
 
-import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Callable, Protocol
 
 from ..metrics.timing import StageClock
-from ..scheduler import BatchPlan, SampleResult, Scheduler
+from ..scheduler import BatchPlan, SampleResult, Scheduler, Sequence
 
 
 class Pipeline(Protocol):
@@ -33,12 +32,8 @@ class BatchRecord:
     request_indices: list[int]
 
 
-class Progress(Protocol):
-    def update(self, n: int) -> None: ...
-
-
 def drive(scheduler: Scheduler, pipeline: Pipeline, clock: StageClock,
-          progress: Progress | None = None) -> list[BatchRecord]:
+          on_finished: Callable[[list[Sequence]], None] | None = None) -> list[BatchRecord]:
     """Run until every request has finished; returns the micro-batches in completion order."""
     inflight: deque[BatchPlan] = deque()
     records: list[BatchRecord] = []
@@ -57,13 +52,13 @@ def drive(scheduler: Scheduler, pipeline: Pipeline, clock: StageClock,
             records.append(BatchRecord(plan.id, plan.kind, len(plan.parts), plan.num_prefill_tokens,
                                        plan.num_decode_tokens, plan.scheduled_at, done_at,
                                        [p.seq_index for p in plan.parts]))
-            if progress is not None and finished:
-                progress.update(len(finished))
+            if on_finished is not None and finished:
+                on_finished(finished)
             continue
         nxt = scheduler.next_arrival()
         if nxt is None:
             # Nothing runs, nothing will arrive: the rest can never be scheduled.
             scheduler.abort_all("could not be scheduled (KV cache or batch limits)", clock.now())
             break
-        time.sleep(max(0.0, nxt - clock.now()))
+        clock.sleep_until(nxt)
     return records

@@ -10,7 +10,7 @@ from ..metrics.timing import StageClock
 from ..model.arch import ModelArch
 from ..scheduler import BlockManager, Scheduler, make_scheduler
 from ..workload import Request, load_workload
-from .driver import Progress, drive
+from .driver import drive
 from .local import LocalPipeline
 from .outcome import RunOutcome
 from .partition import layer_counts, layer_ranges
@@ -36,6 +36,11 @@ def prepare(cfg: RunConfig) -> Prepared:
     if cfg.parallel.backend not in ("auto", "gloo", "nccl"):
         raise ValueError(f"parallel.backend must be auto, gloo or nccl, not {cfg.parallel.backend!r}")
     Sampler(cfg.sampling)  # validates sampling settings
+    if cfg.parallel.backend == "nccl":
+        import torch
+        if torch.cuda.device_count() < cfg.parallel.pp:
+            raise ValueError(f"parallel.backend=nccl needs {cfg.parallel.pp} GPUs (one per stage), "
+                             f"found {torch.cuda.device_count()}")
     path, arch = resolve_model(cfg.model)
     ranges = layer_ranges(layer_counts(arch, cfg.parallel.pp, cfg.parallel.partition))
     requests = load_workload(cfg.workload, arch.vocab_size, arch.eos_token_ids)
@@ -51,7 +56,7 @@ def new_scheduler(prep: Prepared) -> Scheduler:
     return sched
 
 
-def serve_local(prep: Prepared, progress: Progress | None = None) -> RunOutcome:
+def serve_local(prep: Prepared, on_finished=None) -> RunOutcome:
     """pp=1: the whole model in this process."""
     cfg = prep.cfg
     device = pick_device(cfg)
@@ -60,7 +65,7 @@ def serve_local(prep: Prepared, progress: Progress | None = None) -> RunOutcome:
     clock = StageClock(device)
     pipeline = LocalPipeline(executor, clock)
     t0 = time.perf_counter()
-    batches = drive(scheduler, pipeline, clock, progress)
+    batches = drive(scheduler, pipeline, clock, on_finished)
     wall = time.perf_counter() - t0
     seqs = [scheduler.seqs[r.index] for r in prep.requests]
     return RunOutcome(seqs, batches, pipeline.finish(), 1, wall, prep.layer_ranges, str(device))

@@ -229,8 +229,8 @@ class BatchBuilder:
 
     def add(self, seq: Sequence, num_tokens: int | None = None) -> int:
         """Add up to ``num_tokens`` of ``seq``'s uncomputed tokens (all if None); returns how many."""
-        if self.room <= 0 or seq.index in self._members:
-            return 0
+        if self.room <= 0 or seq.index in self._members or seq.status is not SeqStatus.RUNNING:
+            return 0  # not running: preempted earlier while this batch was being built
         n = seq.num_uncomputed if num_tokens is None else min(num_tokens, seq.num_uncomputed)
         if n <= 0:
             return 0

@@ -78,16 +78,16 @@ class SarathiScheduler(Scheduler):
             return
         partial = self.schedulable_prefills()
         if partial:
-            n = self._tile(b.num_tokens, min(chunk, partial[0].num_uncomputed))
-            b.add(partial[0], n)
+            b.add(partial[0], self._tile(b.num_tokens, chunk, partial[0].num_uncomputed))
         elif self.waiting:
-            n = self._tile(b.num_tokens, min(chunk, self.waiting[0].num_uncomputed))
-            b.add_new(n)
+            b.add_new(self._tile(b.num_tokens, chunk, self.waiting[0].num_uncomputed))
 
-    def _tile(self, decodes: int, chunk: int) -> int:
+    def _tile(self, decodes: int, chunk: int, left: int) -> int:
         """Round decodes + chunk down to a tile multiple when that leaves a non-empty chunk;
-        the last, short chunk of a prompt is left as it is."""
+        the last, short chunk of a prompt (``left <= chunk``) is left as it is."""
         tile = self.cfg.tile_size
+        if left <= chunk:
+            return left
         if tile <= 1:
             return chunk
         rounded = ((decodes + chunk) // tile) * tile - decodes

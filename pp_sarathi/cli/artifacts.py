@@ -1,0 +1,84 @@
+"""Everything a run leaves in its run dir: outputs.jsonl, results.json, timeline.json,
+trace.json, timeline.png (and the wandb run)."""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+
+from ..metrics.outputs import output_record, write_outputs
+from ..metrics.summary import summarize
+from ..metrics.timing import StageRecord
+from ..metrics.trace import write_trace
+from ..runtime.driver import BatchRecord
+from ..runtime.outcome import RunOutcome
+from ..workload.request import Request
+
+PARTIAL = "outputs.partial.jsonl"
+
+
+class PartialOutputs:
+    """Appends each finished request as it finishes, so a crash keeps what was done."""
+
+    def __init__(self, run_dir: str, with_logprobs: bool):
+        self.path = Path(run_dir) / PARTIAL
+        self.with_logprobs = with_logprobs
+        self.path.write_text("")
+
+    def __call__(self, seqs) -> None:
+        with open(self.path, "a") as f:
+            for s in seqs:
+                f.write(json.dumps({"index": s.index, **output_record(s, self.with_logprobs)}) + "\n")
+
+
+def finalize_run(outcome: RunOutcome, config: dict, run_dir: str) -> dict:
+    """Write every artifact of a finished (or failed) run; returns results.json's content."""
+    d = Path(run_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    log_cfg = config.get("logging", {})
+    write_outputs(outcome.sequences, d / "outputs.jsonl", config.get("sampling", {}).get("logprobs", 0) > 0)
+    results = summarize(outcome, config)
+    (d / "results.json").write_text(json.dumps(results, indent=2))
+    (d / "timeline.json").write_text(json.dumps({
+        "num_stages": outcome.num_stages, "wall_s": outcome.wall_s, "device": outcome.device,
+        "layer_ranges": outcome.layer_ranges,
+        "batches": [asdict(b) for b in outcome.batches],
+        "stage_records": [r.to_dict() for r in outcome.stage_records]}))
+    if log_cfg.get("trace", True):
+        write_trace(outcome, d / "trace.json")
+    if log_cfg.get("timeline", True) and outcome.stage_records:
+        from .plots import write_timeline
+        write_timeline(outcome, d / "timeline.png",
+                       f"{config.get('scheduler', {}).get('name', '')} pp={outcome.num_stages}")
+    wandb_cfg = log_cfg.get("wandb", {})
+    if wandb_cfg.get("mode", "disabled") != "disabled":
+        from .wandb_log import log_run
+        log_run(outcome, results, config, d)
+    (d / PARTIAL).unlink(missing_ok=True)
+    return results
+
+
+def load_timeline(run_dir: str | Path) -> RunOutcome:
+    """The timing part of a run back from timeline.json (for plots across runs)."""
+    t = json.loads((Path(run_dir) / "timeline.json").read_text())
+    return RunOutcome(sequences=[], batches=[BatchRecord(**b) for b in t["batches"]],
+                      stage_records=[StageRecord(**r) for r in t["stage_records"]],
+                      num_stages=t["num_stages"], wall_s=t["wall_s"],
+                      layer_ranges=[tuple(x) for x in t["layer_ranges"]], device=t["device"])
+
+
+def salvage_outputs(requests: list[Request], run_dir: str, reason: str) -> None:
+    """After a crash that took rank 0 down: outputs.jsonl from what finished, errors for the rest."""
+    d = Path(run_dir)
+    if (d / "outputs.jsonl").exists():
+        return
+    done = {}
+    if (d / PARTIAL).exists():
+        for line in (d / PARTIAL).read_text().splitlines():
+            rec = json.loads(line)
+            done[rec.pop("index")] = rec
+    with open(d / "outputs.jsonl", "w") as f:
+        for r in requests:
+            rec = done.get(r.index) or {"id": r.id, "prompt_token_ids": r.prompt_token_ids,
+                                        "output_token_ids": [], "finish_reason": f"error: {reason}"}
+            f.write(json.dumps(rec) + "\n")

@@ -1,0 +1,153 @@
+"""What each subcommand does, once hydra has composed the config."""
+from __future__ import annotations
+
+import copy
+import functools
+import json
+import logging
+import os
+from pathlib import Path
+
+from ..config import RunConfig
+from ..model.arch import UnsupportedModelError
+from ..model.loader import CheckpointError
+from ..runtime.launch import PipelineFailure, launch, run_stage_process
+from ..runtime.serve import prepare, serve_local
+from ..workload import WorkloadFileError
+from .artifacts import PartialOutputs, finalize_run, load_timeline, salvage_outputs
+
+log = logging.getLogger("pp_sarathi")
+
+
+class UserError(Exception):
+    """Bad input or a failed run, reported as one line (exit code 2)."""
+
+
+def record_failure(run_dir: str, message: str) -> None:
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    (Path(run_dir) / "failed.json").write_text(json.dumps({"error": message}))
+
+
+def dispatch(cfg: RunConfig, cfg_dict: dict, run_dir: str) -> None:
+    handlers = {"run": cmd_run, "compare": cmd_compare, "microbench": cmd_microbench,
+                "profile": cmd_profile, "simulate": cmd_simulate}
+    handlers[cfg.command](cfg, cfg_dict, run_dir)
+
+
+def _prepare(cfg: RunConfig):
+    try:
+        return prepare(cfg)
+    except (ValueError, FileNotFoundError, WorkloadFileError, CheckpointError, UnsupportedModelError) as exc:
+        raise UserError(str(exc)) from None
+
+
+def _distributed_env() -> tuple[int, int, int, int] | None:
+    """(rank, world, local_rank, local_world) when started by torchrun or deepspeed."""
+    if "WORLD_SIZE" not in os.environ or "RANK" not in os.environ:
+        return None
+    world = int(os.environ["WORLD_SIZE"])
+    rank = int(os.environ["RANK"])
+    local_rank = int(os.environ.get("LOCAL_RANK", rank))
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
+    return rank, world, local_rank, local_world
+
+
+def execute(cfg: RunConfig, cfg_dict: dict, run_dir: str) -> dict | None:
+    """Run one workload under one scheduler; rank 0 returns results.json's content."""
+    prep = _prepare(cfg)
+    Path(run_dir).mkdir(parents=True, exist_ok=True)
+    finalize = functools.partial(finalize_run, config=cfg_dict, run_dir=run_dir)
+    partial = functools.partial(PartialOutputs, run_dir, cfg.sampling.logprobs > 0)
+    env = _distributed_env()
+    if env is not None:
+        rank, world, local_rank, local_world = env
+        if world != cfg.parallel.pp:
+            raise UserError(f"launched with {world} processes but parallel.pp={cfg.parallel.pp}")
+        from .launchers import stage_of_rank
+        stage = stage_of_rank(rank, world)
+        if rank == 0:
+            log.info("stages: %s", _ranges_text(prep.layer_ranges))
+        run_stage_process(prep, stage, world, local_rank, local_world, finalize, partial)
+        return _read_results(run_dir) if rank == 0 else None
+    log.info("model %s, scheduler %s, pp=%d, stages: %s", cfg.model.name, cfg.scheduler.name,
+             cfg.parallel.pp, _ranges_text(prep.layer_ranges))
+    if cfg.parallel.pp == 1:
+        from .progress import progress_bar
+        with progress_bar(len(prep.requests), cfg.logging.progress, cfg.scheduler.name) as bar:
+            writer = partial()
+            outcome = serve_local(prep, lambda seqs: (writer(seqs), bar.update(len(seqs))))
+        return finalize(outcome)
+    from .progress import watch_partial
+    try:
+        with watch_partial(Path(run_dir) / "outputs.partial.jsonl", len(prep.requests),
+                           cfg.logging.progress, cfg.scheduler.name):
+            launch(prep, finalize, partial)
+    except PipelineFailure as exc:
+        salvage_outputs(prep.requests, run_dir, str(exc))
+        raise UserError(f"{exc}; finished requests are in {run_dir}/outputs.jsonl") from None
+    return _read_results(run_dir)
+
+
+def _read_results(run_dir: str) -> dict:
+    return json.loads((Path(run_dir) / "results.json").read_text())
+
+
+def _ranges_text(ranges) -> str:
+    return ", ".join(f"{i}:[{a},{b})" for i, (a, b) in enumerate(ranges))
+
+
+def cmd_run(cfg: RunConfig, cfg_dict: dict, run_dir: str) -> None:
+    results = execute(cfg, cfg_dict, run_dir)
+    if results is not None:
+        from .table import print_results
+        print_results({cfg.scheduler.name: results})
+        log.info("wrote %s", run_dir)
+
+
+def cmd_compare(cfg: RunConfig, cfg_dict: dict, run_dir: str) -> None:
+    if _distributed_env() is not None:
+        raise UserError("compare starts fresh stage processes per scheduler; run it directly, not under torchrun")
+    from ..metrics.compare import compare_ratios
+    from .plots import write_side_by_side
+    from .table import print_compare
+
+    names = list(cfg.compare.schedulers)
+    if cfg.compare.baseline not in names or "sarathi" not in names:
+        raise UserError(f"compare.schedulers {names} must include the baseline "
+                        f"{cfg.compare.baseline!r} and 'sarathi'")
+    results, timelines = {}, {}
+    for name in names:
+        sub_cfg = copy.deepcopy(cfg)
+        sub_cfg.scheduler.name = name
+        sub_dict = copy.deepcopy(cfg_dict)
+        sub_dict["scheduler"]["name"] = name
+        sub_dir = str(Path(run_dir) / name)
+        sub_dict["output_dir"] = sub_dir
+        sub_dict.setdefault("logging", {}).setdefault("wandb", {})["name"] = name
+        log.info("=== %s ===", name)
+        results[name] = execute(sub_cfg, sub_dict, sub_dir)
+        timelines[name] = load_timeline(sub_dir)
+    summary = {"schedulers": results,
+               "ratios": compare_ratios(results, cfg.compare.baseline, "sarathi")}
+    (Path(run_dir) / "compare.json").write_text(json.dumps(summary, indent=2))
+    if cfg.logging.timeline:
+        write_side_by_side(timelines, Path(run_dir) / "compare_timeline.png")
+    print_compare(results, summary["ratios"], cfg.compare.baseline)
+    log.info("wrote %s/compare.json", run_dir)
+
+
+def cmd_microbench(cfg: RunConfig, cfg_dict: dict, run_dir: str) -> None:
+    from ..bench.microbench import run_microbench
+    run_microbench(cfg, Path(run_dir))
+
+
+def cmd_profile(cfg: RunConfig, cfg_dict: dict, run_dir: str) -> None:
+    from ..sim.profile import run_profile
+    out = Path(run_dir) / "profile.csv"
+    run_profile(cfg, out)
+    log.info("wrote %s", out)
+
+
+def cmd_simulate(cfg: RunConfig, cfg_dict: dict, run_dir: str) -> None:
+    from ..sim.cli import simulate_command
+    simulate_command(cfg, cfg_dict, run_dir)

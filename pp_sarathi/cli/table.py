@@ -1,0 +1,39 @@
+"""Plain-text tables of results for the terminal."""
+from __future__ import annotations
+
+
+def _fmt(v, digits=1) -> str:
+    return "-" if v is None else f"{v:.{digits}f}"
+
+
+def print_results(results: dict[str, dict]) -> None:
+    names = list(results)
+    rows = [
+        ("device", lambda r: str(r["device"])),
+        ("wall time (s)", lambda r: _fmt(r["wall_s"], 2)),
+        ("throughput (tok/s)", lambda r: _fmt(r["throughput"]["tokens_per_s"])),
+        ("decode throughput (tok/s)", lambda r: _fmt(r["throughput"]["decode_tokens_per_s"])),
+        ("TTFT p50 / p99 (ms)", lambda r: f"{_fmt(r['latency']['ttft_ms']['p50'], 0)} / {_fmt(r['latency']['ttft_ms']['p99'], 0)}"),
+        ("TBT p50 / p99 (ms)", lambda r: f"{_fmt(r['latency']['tbt_ms']['p50'], 0)} / {_fmt(r['latency']['tbt_ms']['p99'], 0)}"),
+        ("bubble total (s)", lambda r: _fmt(r["bubble"]["total_s"], 2)),
+        ("bubble/request p50 / p99 (ms)", lambda r: f"{_fmt(r['bubble']['per_request_ms']['p50'], 0)} / {_fmt(r['bubble']['per_request_ms']['p99'], 0)}"),
+    ]
+    stages = max(len(r["stages"]) for r in results.values())
+    for s in range(stages):
+        rows.append((f"stage {s} bubble s (fraction)", lambda r, s=s: (
+            f"{r['stages'][s]['bubble_s']:.2f} ({r['stages'][s]['bubble_fraction']:.0%})" if s < len(r["stages"]) else "-")))
+        rows.append((f"stage {s} compute / recv-wait (s)", lambda r, s=s: (
+            f"{r['stages'][s]['compute_s']:.2f} / {r['stages'][s]['recv_wait_s']:.2f}" if s < len(r["stages"]) else "-")))
+    width = max(len(label) for label, _ in rows) + 2
+    col = max(18, *(len(n) + 2 for n in names))
+    print("".ljust(width) + "".join(n.rjust(col) for n in names))
+    for label, get in rows:
+        print(label.ljust(width) + "".join(get(results[n]).rjust(col) for n in names))
+
+
+def print_compare(results: dict[str, dict], ratios: dict, baseline: str) -> None:
+    print_results(results)
+    print()
+    for key, value in ratios.items():
+        print(f"{key} ({'baseline' if 'bubble' in key else 'sarathi'} / "
+              f"{'sarathi' if 'bubble' in key else baseline}): {_fmt(value, 2)}x")

@@ -1,0 +1,80 @@
+"""Pipeline bubble accounting from per-stage timelines (definitions in docs/guide.md).
+
+* Stage bubble: time a stage is idle between its first and last compute while the pipeline
+  holds at least one in-flight micro-batch.
+* Micro-batch bubble: for each stage, (a) the idle gap the stage had right before computing
+  this micro-batch (the stage waited for it) plus (b) the time this micro-batch was ready for
+  the stage but the stage was computing other micro-batches. A request's bubble is the sum over
+  every micro-batch it was in.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+
+from .timing import StageRecord
+
+Interval = tuple[float, float]
+
+
+def merge(intervals: list[Interval]) -> list[Interval]:
+    out: list[Interval] = []
+    for s, e in sorted(i for i in intervals if i[1] > i[0]):
+        if out and s <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], e))
+        else:
+            out.append((s, e))
+    return out
+
+
+def overlap(span: Interval, merged: list[Interval]) -> float:
+    """Length of ``span`` covered by the (merged, sorted) intervals."""
+    s, e = span
+    return sum(max(0.0, min(e, b) - max(s, a)) for a, b in merged if b > s and a < e)
+
+
+@dataclass
+class BubbleReport:
+    stage_bubble_s: dict[int, float]
+    stage_span_s: dict[int, float]
+    batch_bubble_s: dict[int, float]  # micro-batch id -> bubble summed over stages
+
+
+def account(records: list[StageRecord], inflight: list[Interval],
+            ready_at_stage0: dict[int, float]) -> BubbleReport:
+    """``inflight``: per micro-batch (scheduled, done) spans; ``ready_at_stage0``: when each
+    micro-batch's plan was ready for the first stage."""
+    busy_pipe = merge(inflight)
+    by_stage: dict[int, list[StageRecord]] = defaultdict(list)
+    for r in records:
+        by_stage[r.stage].append(r)
+    end_at: dict[tuple[int, int], float] = {(r.stage, r.batch_id): r.compute_end for r in records}
+    stage_bubble, stage_span = {}, {}
+    batch_bubble: dict[int, float] = defaultdict(float)
+    for stage, recs in sorted(by_stage.items()):
+        recs.sort(key=lambda r: r.compute_start)
+        busy = merge([(r.compute_start, r.compute_end) for r in recs])
+        total = 0.0
+        for prev, cur in zip([None] + recs[:-1], recs):
+            if prev is not None:
+                gap = overlap((prev.compute_end, cur.compute_start), busy_pipe)
+                total += gap
+                batch_bubble[cur.batch_id] += gap
+            ready = (ready_at_stage0.get(cur.batch_id, cur.compute_start) if stage == 0
+                     else end_at.get((stage - 1, cur.batch_id), cur.compute_start))
+            if cur.compute_start > ready:
+                batch_bubble[cur.batch_id] += overlap((ready, cur.compute_start), busy)
+        stage_bubble[stage] = total
+        stage_span[stage] = recs[-1].compute_end - recs[0].compute_start if recs else 0.0
+    for r in records:
+        batch_bubble.setdefault(r.batch_id, 0.0)
+    return BubbleReport(stage_bubble, stage_span, dict(batch_bubble))
+
+
+def per_request_bubble(report: BubbleReport, members: dict[int, list[int]]) -> dict[int, float]:
+    """Request index -> summed bubble of the micro-batches it was in."""
+    out: dict[int, float] = defaultdict(float)
+    for batch_id, reqs in members.items():
+        for r in reqs:
+            out[r] += report.batch_bubble_s.get(batch_id, 0.0)
+    return dict(out)

@@ -1,0 +1,98 @@
+"""Point-to-point messages between stages over torch.distributed (gloo or NCCL).
+
+Every message sends its shape first (gloo aborts the process on a size mismatch):
+a fixed 3-int header ``[plan_id, meta_len, num_tokens]`` then the plan metadata, then the
+hidden states. Results travel back from the last stage to rank 0 the same way.
+"""
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+from ..scheduler.batch import SampleResult, ScheduledPart
+from .wire import STOP, decode_plan, encode_plan
+
+
+class StageLink:
+    """The sends and receives of one rank; tensors cross on ``device`` (CPU for gloo)."""
+
+    def __init__(self, rank: int, world: int, hidden_size: int, dtype: torch.dtype, device: torch.device,
+                 logprobs: int = 0):
+        self.rank, self.world = rank, world
+        self.prev = rank - 1 if rank > 0 else None
+        self.next = rank + 1 if rank + 1 < world else None
+        self.hidden_size, self.dtype, self.device = hidden_size, dtype, device
+        self.logprobs = logprobs
+        self._pending: list = []  # async sends still in progress, with their tensors
+        self._hidden_buf = torch.empty(0, dtype=dtype, device=device)
+
+    # ---- activations forward -------------------------------------------------------
+    def send_activations(self, plan_id: int, parts: list[ScheduledPart], hidden: torch.Tensor) -> None:
+        meta = encode_plan(plan_id, parts).to(self.device)
+        header = torch.tensor([plan_id, meta.numel(), hidden.shape[0]], dtype=torch.long, device=self.device)
+        hidden = hidden.contiguous()
+        self._isend([header, meta, hidden], self.next)
+
+    def send_stop(self) -> None:
+        self._isend([torch.tensor([STOP, 0, 0], dtype=torch.long, device=self.device)], self.next)
+
+    def recv_activations(self) -> tuple[int, list[ScheduledPart] | None, torch.Tensor | None]:
+        header = torch.empty(3, dtype=torch.long, device=self.device)
+        dist.recv(header, self.prev)
+        plan_id, meta_len, num_tokens = header.tolist()
+        if plan_id == STOP:
+            return STOP, None, None
+        meta = torch.empty(meta_len, dtype=torch.long, device=self.device)
+        dist.recv(meta, self.prev)
+        need = num_tokens * self.hidden_size
+        if self._hidden_buf.numel() < need:
+            self._hidden_buf = torch.empty(need, dtype=self.dtype, device=self.device)
+        hidden = self._hidden_buf[:need].view(num_tokens, self.hidden_size)
+        dist.recv(hidden, self.prev)
+        _, parts = decode_plan(meta.cpu())
+        return plan_id, parts, hidden
+
+    # ---- sampled tokens back to rank 0 ----------------------------------------------
+    def send_results(self, plan_id: int, results: list[SampleResult | None]) -> None:
+        k = self.logprobs
+        tokens = torch.tensor([r.token_id if r else -1 for r in results], dtype=torch.long)
+        msgs = [torch.tensor([plan_id, len(results)], dtype=torch.long), tokens]
+        if k:
+            ids = torch.full((len(results), k + 1), -1, dtype=torch.long)
+            vals = torch.zeros((len(results), k + 1), dtype=torch.float64)
+            for i, r in enumerate(results):
+                if r and r.logprobs:
+                    items = list(r.logprobs.items())
+                    ids[i, :len(items)] = torch.tensor([t for t, _ in items])
+                    vals[i, :len(items)] = torch.tensor([v for _, v in items], dtype=torch.float64)
+            msgs += [ids, vals]
+        self._isend([m.to(self.device) for m in msgs], 0)
+
+    def recv_results(self, src: int) -> tuple[int, list[SampleResult | None]]:
+        header = torch.empty(2, dtype=torch.long, device=self.device)
+        dist.recv(header, src)
+        plan_id, n = header.tolist()
+        tokens = torch.empty(n, dtype=torch.long, device=self.device)
+        dist.recv(tokens, src)
+        results: list[SampleResult | None] = [None if t < 0 else SampleResult(t) for t in tokens.tolist()]
+        if self.logprobs:
+            ids = torch.empty((n, self.logprobs + 1), dtype=torch.long, device=self.device)
+            vals = torch.empty((n, self.logprobs + 1), dtype=torch.float64, device=self.device)
+            dist.recv(ids, src)
+            dist.recv(vals, src)
+            for r, row_ids, row_vals in zip(results, ids.tolist(), vals.tolist()):
+                if r is not None:
+                    r.logprobs = {t: v for t, v in zip(row_ids, row_vals) if t >= 0}
+        return plan_id, results
+
+    # ---- async send bookkeeping -----------------------------------------------------
+    def _isend(self, tensors: list[torch.Tensor], dst: int) -> None:
+        for t in tensors:
+            self._pending.append((dist.isend(t, dst), t))
+        # Completed sends release their tensors; keep the list short.
+        self._pending = [(w, t) for w, t in self._pending if not w.is_completed()]
+
+    def flush(self) -> None:
+        for work, _ in self._pending:
+            work.wait()
+        self._pending.clear()
