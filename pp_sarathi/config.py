@@ -71,7 +71,7 @@ class SamplingConfig:
 
 @dataclass
 class ParallelConfig:
-    pp: int = 1  # pipeline stages
+    pp: int = 2  # pipeline stages
     backend: str = "auto"  # auto, gloo or nccl
     partition: Any = "uniform"  # uniform, balanced, or a list of layer counts per stage
     timeout_s: float = 60.0  # a stage silent this long (or a dead peer) ends the run

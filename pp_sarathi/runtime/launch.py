@@ -39,7 +39,8 @@ def run_stage_process(prep: Prepared, rank: int, world: int, local_rank: int, lo
     """Body of one stage process (self-spawned, torchrun or deepspeed); exits non-zero on failure."""
     import torch.distributed as dist
 
-    from .pipeline import init_process_group, run_rank, set_threads
+    from .pipeline import init_process_group, run_rank
+    from .pipeline_threads import set_threads
     from .setup import pick_device
 
     cfg = prep.cfg

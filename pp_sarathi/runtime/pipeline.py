@@ -3,7 +3,6 @@ receive, compute and pass on; the last stage samples and returns tokens to rank 
 from __future__ import annotations
 
 import logging
-import os
 import time
 from collections import deque
 from datetime import timedelta
@@ -120,9 +119,3 @@ def init_process_group(cfg_backend: str, device: torch.device, rank: int, world:
     backend = choose_backend(cfg_backend, device)
     dist.init_process_group(backend, rank=rank, world_size=world, timeout=timedelta(seconds=timeout_s))
     return backend
-
-
-def set_threads(local_world: int, override: int = 0) -> None:
-    """CPU threads per stage: cores divided among the stages on this machine."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    torch.set_num_threads(override if override > 0 else max(1, cores // max(1, local_world)))

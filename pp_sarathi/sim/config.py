@@ -1,4 +1,9 @@
-"""Config groups of the simulator: hardware roofline and simulation settings."""
+"""Config groups of the simulator: hardware roofline and simulation settings.
+
+``hardware`` describes one accelerator (one tensor-parallel rank) plus the links between
+ranks; presets live in ``conf/hardware/*.yaml``. Rates are *peak* datasheet numbers; the
+``*_efficiency`` factors say which fraction of them kernels reach.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -8,8 +13,33 @@ from typing import Optional
 @dataclass
 class HardwareConfig:
     name: str = "cpu"  # preset name (a100-80gb, a6000, h100, h200, cpu)
+    peak_tflops: float = 0.15  # dense matmul peak per device in the model dtype, TFLOP/s
+    mem_bw_gbps: float = 20.0  # device memory bandwidth, GB/s
+    memory_gb: float = 16.0  # device memory (for the KV capacity check)
+    flops_efficiency: float = 0.7  # fraction of peak_tflops GEMMs / attention reach
+    mem_efficiency: float = 0.8  # fraction of mem_bw_gbps streaming kernels reach
+    gemm_tile: int = 1  # GEMM token-dimension tile: FLOPs are paid for ceil(T/tile)*tile rows (128 on GPUs)
+    kernel_overhead_us: float = 0.0  # fixed cost per kernel launch
+    batch_overhead_us: float = 0.0  # fixed cost per micro-batch per stage (scheduling, metadata)
+    tp: int = 1  # tensor-parallel degree inside a stage (divides GEMM/attention work, adds all-reduces)
+    tp_allreduce_bw_gbps: float = 100.0  # all-reduce bus bandwidth per rank, GB/s (ring: 2(tp-1)/tp * bytes / bw)
+    tp_allreduce_latency_us: float = 10.0  # per all-reduce
+    pp_link_bw_gbps: float = 10.0  # stage-to-stage bandwidth per TP rank, GB/s
+    pp_link_latency_us: float = 10.0  # per point-to-point message
+    pp_scatter_gather: bool = True  # each TP rank sends 1/tp of the activations (Megatron-style)
 
 
 @dataclass
 class SimConfig:
-    profile: Optional[str] = None  # profile CSV; unset = roofline from `hardware`
+    profile: Optional[str] = None  # profile CSV (from `profile`); unset = roofline from `hardware`
+    driver_blocks_on_stage0: bool = True  # rank 0 computes stage 0 inside submit (as the runtime does)
+    schedule_overhead_us: float = 0.0  # virtual time charged for each scheduler call that yields a batch
+    dummy_token_id: int = -1  # token every simulated sample returns; -1 = first id that is not EOS
+    progress_every: int = 0  # log progress every N finished micro-batches (0 = off)
+    # Profiling (`profile` command)
+    profile_out: str = "profile.csv"  # where `profile` writes, relative to the run dir
+    profile_threads: int = 0  # torch threads while profiling; 0 = cores / parallel.pp (as a stage gets)
+    profile_max_tokens: int = 1024  # largest token count of the linear-op sweep
+    profile_max_context: int = 2048  # largest KV length of the attention sweeps (capped by the model)
+    profile_repeats: int = 3  # timed repetitions per point (median), after one warm-up
+    profile_p2p: bool = True  # measure gloo send/recv between two local processes

@@ -24,6 +24,10 @@ def _require(path: str | None, kind: str) -> Path:
     return p
 
 
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
 def jsonl_requests(path: str | None, default_max_tokens: int, tokenize=None) -> list[Request]:
     """``{"id", "prompt_token_ids" | "prompt", "max_tokens"}`` per line."""
     p = _require(path, "jsonl")
@@ -45,7 +49,7 @@ def jsonl_requests(path: str | None, default_max_tokens: int, tokenize=None) -> 
         seen.add(rid)
         if "prompt_token_ids" in obj:
             ids = obj["prompt_token_ids"]
-            if not isinstance(ids, list) or not ids or not all(isinstance(t, int) and t >= 0 for t in ids):
+            if not isinstance(ids, list) or not ids or not all(_is_int(t) and t >= 0 for t in ids):
                 raise WorkloadFileError(f"{where}: prompt_token_ids must be a non-empty list of token ids")
         elif "prompt" in obj:
             if tokenize is None:
@@ -54,10 +58,13 @@ def jsonl_requests(path: str | None, default_max_tokens: int, tokenize=None) -> 
         else:
             raise WorkloadFileError(f"{where}: needs prompt_token_ids or prompt")
         max_tokens = obj.get("max_tokens", default_max_tokens)
-        if not isinstance(max_tokens, int) or max_tokens < 1:
+        if not _is_int(max_tokens) or max_tokens < 1:
             raise WorkloadFileError(f"{where}: max_tokens must be a positive integer")
+        arrived = obj.get("arrived_at", 0.0)
+        if not (_is_int(arrived) or isinstance(arrived, float)) or not 0 <= arrived < float("inf"):
+            raise WorkloadFileError(f"{where}: arrived_at must be a number of seconds >= 0")
         out.append(Request(id=rid, prompt_token_ids=ids, max_tokens=max_tokens,
-                           arrival_time=float(obj.get("arrived_at", 0.0)), index=len(out)))
+                           arrival_time=float(arrived), index=len(out)))
     if not out:
         raise WorkloadFileError(f"{p}: no requests")
     return out
@@ -73,14 +80,15 @@ def trace_requests(path: str | None, vocab_size: int, seed: int, avoid: tuple[in
         cols = set(reader.fieldnames or [])
         if not {"num_prefill_tokens", "num_decode_tokens"} <= cols:
             raise WorkloadFileError(f"{p}:1: header must name num_prefill_tokens,num_decode_tokens")
-        for lineno, row in enumerate(reader, start=2):
+        for row in reader:
+            lineno = reader.line_num  # the file's line (DictReader skips blank lines)
             try:
                 prefill = int(row["num_prefill_tokens"])
                 decode = int(row["num_decode_tokens"])
                 arrived = float(row["arrived_at"]) if row.get("arrived_at") not in (None, "") else 0.0
             except (TypeError, ValueError):
                 raise WorkloadFileError(f"{p}:{lineno}: malformed row {row}") from None
-            if prefill < 1 or decode < 1 or arrived < 0:
+            if prefill < 1 or decode < 1 or not 0 <= arrived < float("inf"):
                 raise WorkloadFileError(f"{p}:{lineno}: token counts must be >= 1 and arrived_at >= 0")
             out.append(Request(id=f"req-{len(out)}", prompt_token_ids=random_prompt(rng, prefill, vocab_size, avoid),
                                max_tokens=decode, arrival_time=arrived, index=len(out)))

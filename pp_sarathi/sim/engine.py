@@ -1,0 +1,135 @@
+"""The event engine: a virtual clock and a simulated pipeline that plug into the runtime's
+own driver loop (:func:`pp_sarathi.runtime.driver.drive`).
+
+Model of the runtime (runtime/pipeline.py), one FIFO server per stage:
+
+* rank 0 is the driver *and* stage 0: ``submit`` computes stage 0 and hands the activations
+  to an asynchronous send; with ``driver_blocks_on_stage0`` the driver's clock advances by
+  that compute (as on the CPU runtime), otherwise submit returns at once (an asynchronous
+  device queue).
+* stage s > 0 posts its receive as soon as it has sent the previous micro-batch; the
+  transfer starts when both the data (upstream compute end) and the receive are there:
+  ``recv_end = max(recv_start, upstream compute_end) + hop``; then it computes and sends on
+  (asynchronous sends: ``send_end = compute_end``).
+* the last stage returns the sampled tokens to rank 0; ``collect`` blocks the driver until
+  ``last compute_end + return hop``.
+
+Micro-batches go through every stage in submission order, so each event of micro-batch k
+on stage s depends only on micro-batch k-1 on stage s and micro-batch k on stage s-1; the
+engine processes events in that order, which is exact for this FIFO pipeline (no
+priority queue needed, O(stages) per micro-batch).
+"""
+from __future__ import annotations
+
+from collections import deque
+
+from ..metrics.timing import StageRecord
+from ..scheduler import BatchPlan, SampleResult
+from .costmodel import BatchShape, CostModel, StageTimes
+
+
+class VirtualClock:
+    """Drop-in for :class:`~pp_sarathi.metrics.timing.StageClock` whose time only moves when told."""
+
+    cuda = False
+
+    def __init__(self, start: float = 0.0):
+        self.t = start
+
+    def reset(self) -> None:
+        self.t = 0.0
+
+    def now(self) -> float:
+        return self.t
+
+    def advance_to(self, t: float) -> None:
+        if t > self.t:
+            self.t = t
+
+    def sleep_until(self, t: float) -> None:
+        self.advance_to(t)
+
+    def stamp(self) -> float:
+        return self.t
+
+    def seconds(self, stamp) -> float:
+        return float(stamp)
+
+
+class PipelineEngine:
+    """Per-stage FIFO timeline; :meth:`push` places one micro-batch on every stage."""
+
+    def __init__(self, num_stages: int, keep_records: bool = True):
+        if num_stages < 1:
+            raise ValueError("need at least one stage")
+        self.num_stages = num_stages
+        self.free = [0.0] * num_stages  # when each stage has sent its last micro-batch
+        self.records: list[StageRecord] = []
+        self.keep_records = keep_records
+
+    def push(self, batch_id: int, ready: float, times: StageTimes) -> tuple[float, float]:
+        """Micro-batch ``batch_id`` is handed to stage 0 at ``ready``.
+
+        Returns (when stage 0 is done with it = when a blocking driver gets control back,
+        when its sampled tokens reach rank 0).
+        """
+        free, comp, hops = self.free, times.compute, times.transfer
+        rec = self.records.append if self.keep_records else None
+        start = ready if ready > free[0] else free[0]
+        end = start + comp[0]
+        free[0] = end
+        if rec:
+            rec(StageRecord(0, batch_id, start, start, start, end, end, end))
+        stage0_done = avail = end
+        for s in range(1, self.num_stages):
+            r0 = free[s]
+            r1 = (r0 if r0 > avail else avail) + hops[s - 1]
+            c1 = r1 + comp[s]
+            free[s] = c1
+            avail = c1
+            if rec:
+                rec(StageRecord(s, batch_id, r0, r1, r1, c1, c1, c1))
+        return stage0_done, avail + times.ret
+
+
+class SimPipeline:
+    """The :class:`~pp_sarathi.runtime.driver.Pipeline` the driver talks to in a simulation."""
+
+    def __init__(self, cost: CostModel, layers_per_stage: list[int], clock: VirtualClock,
+                 dummy_token: int = 0, driver_blocks_on_stage0: bool = True,
+                 schedule_overhead_s: float = 0.0, keep_records: bool = True):
+        self.cost = cost
+        self.layers = list(layers_per_stage)
+        self.num_stages = len(self.layers)
+        self.clock = clock
+        self.engine = PipelineEngine(self.num_stages, keep_records)
+        self.blocking = driver_blocks_on_stage0
+        self.sched_overhead = schedule_overhead_s
+        self._sample = SampleResult(dummy_token)
+        self._inflight: deque[tuple[float, list]] = deque()
+        self.busy_s = [0.0] * self.num_stages
+
+    def times(self, plan: BatchPlan) -> StageTimes:
+        return self.cost.stage_times(BatchShape.from_plan(plan), self.layers)
+
+    def submit(self, plan: BatchPlan) -> None:
+        times = self.times(plan)
+        for s, c in enumerate(times.compute):
+            self.busy_s[s] += c
+        ready = self.clock.now() + self.sched_overhead
+        stage0_done, done = self.engine.push(plan.id, ready, times)
+        if self.blocking:
+            self.clock.advance_to(stage0_done)
+        else:
+            self.clock.advance_to(ready)
+        sample = self._sample
+        self._inflight.append((done, [sample if p.sample else None for p in plan.parts]))
+
+    def collect(self) -> list[SampleResult | None]:
+        done, results = self._inflight.popleft()
+        self.clock.advance_to(done)
+        return results
+
+    @property
+    def records(self) -> list[StageRecord]:
+        return self.engine.records

@@ -1,0 +1,159 @@
+"""Simulate a run: the real scheduler and driver loop over a simulated pipeline.
+
+    run_simulation(cfg)            -> RunOutcome (summarize() it like a real run)
+    simulate_compare(cfg, names)   -> compare.json content (results per scheduler + ratios)
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from ..config import RunConfig
+from ..metrics.compare import compare_ratios
+from ..metrics.summary import summarize
+from ..model.arch import ModelArch
+from ..runtime.driver import drive
+from ..runtime.outcome import RunOutcome
+from ..runtime.partition import layer_counts, layer_ranges
+from ..runtime.setup import num_kv_blocks
+from ..scheduler import BlockManager, make_scheduler
+from .costmodel import CostModel, RooflineCosts, kv_capacity_tokens, make_cost_model
+from .engine import SimPipeline, VirtualClock
+from .workload import PlaceholderTokens, sim_requests
+
+log = logging.getLogger("pp_sarathi")
+
+
+def sim_arch(cfg: RunConfig) -> ModelArch:
+    """The model's shape without weights: from ``model.path``'s config.json when set, else the
+    preset fields ``cfg.model.*`` (nothing is written or loaded)."""
+    m = cfg.model
+    if m.path:
+        return ModelArch.from_pretrained(Path(m.path).expanduser())
+    if m.hidden_size % m.num_heads:
+        raise ValueError(f"model.hidden_size={m.hidden_size} is not a multiple of num_heads={m.num_heads}")
+    return ModelArch(family="llama", vocab_size=m.vocab_size, hidden_size=m.hidden_size,
+                     intermediate_size=m.intermediate_size, num_layers=m.num_layers, num_heads=m.num_heads,
+                     num_kv_heads=m.num_kv_heads, head_dim=m.hidden_size // m.num_heads,
+                     max_position_embeddings=m.max_position_embeddings, rms_norm_eps=1e-5,
+                     rope_theta=m.rope_theta, tie_word_embeddings=m.tie_word_embeddings,
+                     eos_token_ids=(2,), dtype=m.dtype)
+
+
+def dummy_token(cfg: RunConfig, arch: ModelArch) -> int:
+    if cfg.sim.dummy_token_id >= 0:
+        if cfg.sim.dummy_token_id in arch.eos_token_ids:
+            raise ValueError(f"sim.dummy_token_id={cfg.sim.dummy_token_id} is an EOS token")
+        return cfg.sim.dummy_token_id
+    return next(t for t in range(arch.vocab_size) if t not in arch.eos_token_ids)
+
+
+class _Progress:
+    def __init__(self, every: int, total: int, name: str):
+        self.every, self.total, self.name, self.done, self.next = every, total, name, 0, every
+
+    def __call__(self, seqs) -> None:
+        self.done += len(seqs)
+        if self.every and self.done >= self.next:
+            log.info("[sim %s] %d/%d requests finished", self.name, self.done, self.total)
+            self.next += self.every
+
+
+def run_simulation(cfg: RunConfig, cost: CostModel | None = None, on_finished=None) -> RunOutcome:
+    """Simulate ``cfg`` (scheduler, workload, ``parallel.pp`` stages) on the cost model
+    (``sim.profile`` CSV, else the ``hardware`` roofline). Tokens are a dummy non-EOS id and
+    every request runs to its ``max_tokens`` (ignore_eos semantics).
+
+    The returned outcome carries ``sim_info`` (a dict: cost model, host seconds, KV check).
+    """
+    host_t0 = time.perf_counter()
+    if cfg.scheduler.chunk_size < 1:
+        raise ValueError(f"scheduler.chunk_size must be >= 1, got {cfg.scheduler.chunk_size}")
+    arch = sim_arch(cfg)
+    pp = cfg.parallel.pp
+    counts = layer_counts(arch, pp, cfg.parallel.partition)
+    ranges = layer_ranges(counts)
+    cost = cost or make_cost_model(cfg, arch)
+    requests = sim_requests(cfg.workload, arch.vocab_size, arch.eos_token_ids)
+    placeholder = bool(requests) and isinstance(requests[0].prompt_token_ids, PlaceholderTokens)
+
+    blocks = BlockManager(num_kv_blocks(cfg, arch), cfg.cache.block_size)
+    sched = make_scheduler(cfg.scheduler, blocks, arch.max_position_embeddings, pp,
+                           arch.eos_token_ids, ignore_eos=True)
+    sched.add_requests(requests, None if placeholder else arch.vocab_size)
+
+    clock = VirtualClock()
+    pipe = SimPipeline(cost, counts, clock, dummy_token(cfg, arch), cfg.sim.driver_blocks_on_stage0,
+                       cfg.sim.schedule_overhead_us * 1e-6)
+    if on_finished is None and cfg.sim.progress_every:
+        on_finished = _Progress(cfg.sim.progress_every, len(requests), cfg.scheduler.name)
+    batches = drive(sched, pipe, clock, on_finished)
+    seqs = [sched.seqs[r.index] for r in requests]
+    host_s = time.perf_counter() - host_t0
+
+    info = {"cost_model": cost.describe(), "host_s": host_s, "virtual_s": clock.now(),
+            "num_batches": len(batches), "kv_blocks": blocks.num_blocks, "block_size": blocks.block_size,
+            "layers_per_stage": counts, "stage_busy_s": pipe.busy_s}
+    if isinstance(cost, RooflineCosts):
+        cap = kv_capacity_tokens(arch, cfg.hardware, max(counts), cost.dtype)
+        need = blocks.num_blocks * blocks.block_size
+        info["kv_capacity_tokens_per_stage"] = cap
+        info["kv_cache_tokens_configured"] = need
+        if need > cap:
+            log.warning("simulated KV cache (%d tokens per stage) exceeds what %s x tp=%d can hold (%d)",
+                        need, cfg.hardware.name, cfg.hardware.tp, cap)
+    device = f"sim:{cost.describe().get('source')}:" + (
+        f"{cfg.hardware.name}/tp{cfg.hardware.tp}" if isinstance(cost, RooflineCosts)
+        else str(cost.describe().get("device")))
+    out = RunOutcome(seqs, batches, pipe.records, pp, clock.now(), ranges, device, None)
+    out.sim_info = info  # type: ignore[attr-defined]
+    return out
+
+
+def simulation_results(outcome: RunOutcome, config: dict | None = None) -> dict:
+    """results.json for a simulated run: :func:`summarize` plus a ``sim`` section."""
+    res = summarize(outcome, config)
+    res["sim"] = dict(getattr(outcome, "sim_info", {}))
+    return res
+
+
+def simulate_compare(cfg: RunConfig, schedulers: list[str] | None = None, baseline: str | None = None,
+                     target: str = "sarathi", config: dict | None = None,
+                     keep_outcomes: bool = False) -> dict:
+    """Simulate the same workload under several schedulers (default ``cfg.compare.schedulers``)
+    and return compare.json's content: ``{"schedulers": {name: results}, "ratios": {...}}``.
+
+    ``ratios`` = :func:`pp_sarathi.metrics.compare.compare_ratios` (baseline / target for
+    bubbles, target / baseline for throughput). With ``keep_outcomes`` the RunOutcomes are
+    returned under the (non-JSON) key ``"_outcomes"``.
+    """
+    names = list(schedulers or cfg.compare.schedulers)
+    baseline = baseline or cfg.compare.baseline
+    if baseline not in names or target not in names:
+        raise ValueError(f"schedulers {names} must include the baseline {baseline!r} and {target!r}")
+    arch = sim_arch(cfg)
+    cost = make_cost_model(cfg, arch)
+    results, outcomes = {}, {}
+    for name in names:
+        sub = copy.deepcopy(cfg)
+        sub.scheduler.name = name
+        sub_config = copy.deepcopy(config) if config is not None else _config_dict(sub)
+        sub_config.setdefault("scheduler", {})["name"] = name
+        out = run_simulation(sub, cost)
+        results[name] = simulation_results(out, sub_config)
+        log.info("[sim %s] %d micro-batches, %.1f s simulated in %.1f s", name, len(out.batches),
+                 out.wall_s, out.sim_info["host_s"])
+        if keep_outcomes:
+            outcomes[name] = out
+    summary = {"schedulers": results, "ratios": compare_ratios(results, baseline, target),
+               "baseline": baseline, "target": target}
+    if keep_outcomes:
+        summary["_outcomes"] = outcomes
+    return summary
+
+
+def _config_dict(cfg: RunConfig) -> dict:
+    return asdict(cfg)

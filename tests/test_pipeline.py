@@ -1,0 +1,147 @@
+"""Pipeline runtime with real stage processes over gloo on CPU."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+TINY = ["model=tiny", "workload.num_requests=5", "workload.min_len=12", "workload.max_len=40",
+        "workload.pd_ratio=3", "sampling.ignore_eos=true", "scheduler.chunk_size=16",
+        "logging.wandb.mode=disabled", "logging.progress=false", "logging.timeline=false"]
+
+
+def cli(args, run_dir, launcher=None, timeout=240, env=None):
+    cmd = (launcher or [str(BIN / "pp-sarathi")]) + args + [f"hydra.run.dir={run_dir}"]
+    full_env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=REPO, env=full_env)
+
+
+def outputs(run_dir) -> list[dict]:
+    return [json.loads(line) for line in (Path(run_dir) / "outputs.jsonl").read_text().splitlines()]
+
+
+def tokens(run_dir) -> list[list[int]]:
+    return [o["output_token_ids"] for o in outputs(run_dir)]
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """pp=1 greedy outputs of the tiny model on the tiny workload."""
+    d = tmp_path_factory.mktemp("pp1")
+    r = cli(["run", "parallel.pp=1", "scheduler=sarathi"] + TINY, d)
+    assert r.returncode == 0, r.stderr
+    return tokens(d)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scheduler", ["orca", "vllm", "ft", "sarathi", "sarathi_serve"])
+def test_pipeline_matches_pp1_for_every_scheduler(tmp_path, reference, scheduler):
+    for pp in (2, 3, 4):
+        d = tmp_path / f"pp{pp}"
+        r = cli(["run", f"parallel.pp={pp}", f"scheduler={scheduler}"] + TINY, d)
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert tokens(d) == reference, f"{scheduler} pp={pp}"
+        res = json.loads((d / "results.json").read_text())
+        assert [s["stage"] for s in res["stages"]] == list(range(pp))
+        assert all(s["compute_s"] > 0 for s in res["stages"])
+        assert all(o["finish_reason"] == "length" for o in outputs(d))
+
+
+def test_torchrun_launch(tmp_path, reference):
+    d = tmp_path / "torchrun"
+    r = cli(["run", "parallel.pp=2"] + TINY, d,
+            launcher=[str(BIN / "torchrun"), "--nproc-per-node", "2", "-m", "pp_sarathi"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert tokens(d) == reference
+    trace = json.loads((d / "trace.json").read_text())
+    assert {e["tid"] for e in trace["traceEvents"] if e.get("ph") == "X"} == {0, 1}
+
+
+@pytest.mark.slow
+def test_torchrun_two_nodes_on_localhost(tmp_path, reference):
+    d = tmp_path / "nodes"
+    port = 29400 + os.getpid() % 500
+    common = ["--nnodes", "2", "--nproc-per-node", "1", "--rdzv-backend", "c10d",
+              f"--rdzv-endpoint", f"127.0.0.1:{port}", "--rdzv-id", f"pp{os.getpid()}"]
+    args = ["run", "parallel.pp=2"] + TINY + [f"hydra.run.dir={d}"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    procs = [subprocess.Popen([str(BIN / "torchrun"), *common, "-m", "pp_sarathi", *args], cwd=REPO, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    results = [p.communicate(timeout=240) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [r[1][-2000:] for r in results]
+    assert tokens(d) == reference
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("deepspeed", path=str(BIN)) is None, reason="deepspeed not installed")
+def test_deepspeed_launcher(tmp_path, reference):
+    d = tmp_path / "ds"
+    r = cli(["run", "parallel.pp=2"] + TINY, d, env={"DS_ACCELERATOR": "cpu"},
+            launcher=[str(BIN / "deepspeed"), "--no_local_rank", "--num_gpus", "2", "--master_port",
+                      str(29900 + os.getpid() % 90), "--module", "pp_sarathi"])
+    assert r.returncode == 0, (r.stdout[-2000:], r.stderr[-3000:])
+    assert tokens(d) == reference
+
+
+def test_invalid_settings_fail_before_processes_start(tmp_path):
+    cases = {
+        "parallel.pp=9": "larger than the model's 4 layers",
+        "scheduler.chunk_size=0": "chunk_size",
+        "parallel.partition=[1,1]": "must list 2 positive layer counts",
+        "parallel.backend=nccl": "GPUs",
+    }
+    for override, needle in cases.items():
+        start = time.monotonic()
+        r = cli(["run", "parallel.pp=2", override] + TINY, tmp_path / override.split("=")[0])
+        assert r.returncode == 2, (override, r.stderr[-2000:])
+        assert needle in r.stderr + r.stdout, (override, r.stderr[-2000:])
+        assert not list(Path(tmp_path).rglob("outputs.jsonl")), "no run may start"
+        assert time.monotonic() - start < 60
+
+
+@pytest.mark.slow
+def test_killed_stage_ends_run_with_partial_outputs(tmp_path):
+    psutil = pytest.importorskip("psutil")
+    d = tmp_path / "kill"
+    n = 16
+    args = ["run", "parallel.pp=3", "parallel.timeout_s=20", f"workload.num_requests={n}",
+            "workload.min_len=100", "workload.max_len=200", "scheduler.max_batch_size=2",
+            "model=tiny", "model.hidden_size=256", "model.intermediate_size=768", "sampling.ignore_eos=true",
+            "scheduler.chunk_size=8", "logging.wandb.mode=disabled", "logging.progress=false",
+            "logging.timeline=false", f"hydra.run.dir={d}"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([str(BIN / "pp-sarathi"), *args], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    partial = d / "outputs.partial.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if partial.exists() and partial.read_text().count("\n") >= 2:
+            break
+        time.sleep(0.05)
+    else:
+        proc.kill()
+        pytest.fail("no request finished in time: " + proc.stderr.read()[-2000:])
+    stages = [c for c in psutil.Process(proc.pid).children()
+              if "resource_tracker" not in " ".join(c.cmdline())]
+    stages.sort(key=lambda c: c.create_time())
+    assert len(stages) == 3, [c.cmdline() for c in stages]
+    stages[1].send_signal(signal.SIGKILL)
+    start = time.monotonic()
+    out, err = proc.communicate(timeout=120)
+    assert time.monotonic() - start < 20 + 15, "other stages did not exit within the timeout"
+    assert proc.returncode != 0
+    assert "stage 1 failed" in err, err[-3000:]
+    recs = outputs(d)
+    assert len(recs) == n
+    done = [r for r in recs if r["finish_reason"] == "length"]
+    failed = [r for r in recs if r["finish_reason"].startswith("error")]
+    assert len(done) >= 2 and len(failed) >= 1 and len(done) + len(failed) == n
