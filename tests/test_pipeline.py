@@ -101,7 +101,7 @@ def test_invalid_settings_fail_before_processes_start(tmp_path):
     }
     for override, needle in cases.items():
         start = time.monotonic()
-        r = cli(["run", "parallel.pp=2", override] + TINY, tmp_path / override.split("=")[0])
+        r = cli(["run", "parallel.pp=2"] + TINY + [override], tmp_path / override.split("=")[0])
         assert r.returncode == 2, (override, r.stderr[-2000:])
         assert needle in r.stderr + r.stdout, (override, r.stderr[-2000:])
         assert not list(Path(tmp_path).rglob("outputs.jsonl")), "no run may start"
