@@ -1,5 +1,14 @@
 """Chunked prefill is lossless, and a hybrid batch (prefill chunk(s) + decodes) equals running
-its parts separately while every linear layer runs once over the concatenated tokens."""
+its parts separately while every linear layer runs once over the concatenated tokens.
+
+Tolerances. The tiny test models use a large init range (so greedy outputs vary), which puts
+the residual stream at ~200 and logits at ~10; float32 summation-order noise between
+differently shaped kernels (one chunk vs several, SDPA prefill vs batched decode) is then
+~1e-5 to 6e-5 on the logits, both ours vs ours and ours vs HF. So every comparison runs twice:
+in float64 (weights, activations and KV cache; RMSNorm and logits are float32 as in HF) with an
+absolute 1e-5 - where the results are in fact bit-identical - and in float32 with 1e-5
+relative to the largest logit magnitude.
+"""
 from __future__ import annotations
 
 import pytest
@@ -17,6 +26,20 @@ from pp_sarathi.scheduler.batch import ScheduledPart
 BLOCK = 4
 BLOCKS_PER_REQ = 16  # 64 tokens per request
 ATOL = 1e-5
+# Engine-level checks only see float32 logprobs (logits ~10, so float32 noise ~1e-5 to 6e-5).
+LOGPROB_TOL = 1e-4
+
+
+def tol(dtype: str, ref: torch.Tensor) -> float:
+    """Absolute tolerance for comparing against ``ref``: see the module docstring."""
+    if dtype == "float64":
+        return ATOL
+    return ATOL * max(1.0, ref.abs().max().item())
+
+
+def load(path, dtype: str = "float32"):
+    model = load_stage(path, 0, _num_layers(path), dtype="float32")
+    return model.double() if dtype == "float64" else model
 
 
 @pytest.fixture(scope="module")
@@ -26,14 +49,18 @@ def mistral_sw_ckpt(tmp_path_factory):
     return save_checkpoint(model, tmp_path_factory.mktemp("mistral_sw"))
 
 
+@pytest.fixture(params=["float32", "float64"])
+def dtype(request) -> str:
+    return request.param
+
+
 @pytest.fixture(params=["llama", "qwen2", "mistral_sw"])
-def stage_model(request, hf_checkpoint):
+def stage_model(request, hf_checkpoint, dtype):
     if request.param == "mistral_sw":
         path = request.getfixturevalue("mistral_sw_ckpt")
     else:
         path = hf_checkpoint(request.param)[0]
-    model = load_stage(path, 0, None or _num_layers(path), dtype="float32")
-    return model
+    return load(path, dtype)
 
 
 def _num_layers(path) -> int:
@@ -82,7 +109,7 @@ def greedy(model, kv, req: int, prompt: list[int], first_logits: torch.Tensor, s
     return tokens, torch.stack(all_logits)
 
 
-def test_chunked_prefill_is_lossless(stage_model):
+def test_chunked_prefill_is_lossless(stage_model, dtype):
     model = stage_model
     prompt = random_prompts([37], model.arch.vocab_size, seed=11)[0]
     results = {}
@@ -95,19 +122,23 @@ def test_chunked_prefill_is_lossless(stage_model):
     for chunk, (tokens, logits) in results.items():
         assert tokens == ref_tokens, chunk
         err = (logits - ref_logits).abs().max().item()
-        assert err <= ATOL, f"chunk {chunk}: logits differ by {err}"
+        assert err <= tol(dtype, ref_logits), f"chunk {chunk}: logits differ by {err}"
 
 
-def test_whole_prompt_logits_match_hf(hf_checkpoint):
+def test_whole_prompt_logits_match_hf(hf_checkpoint, dtype):
     """Anchor: the unchunked reference above is itself HF's result."""
+    import copy
+
     path, hf_model = hf_checkpoint("llama")
-    model = load_stage(path, 0, 4)
+    model = load(path, dtype)
+    if dtype == "float64":
+        hf_model = copy.deepcopy(hf_model).double()
     prompt = random_prompts([37], model.arch.vocab_size, seed=11)[0]
+    with torch.no_grad():
+        ref = hf_model(torch.tensor([prompt])).logits[0, -1].float()
     for chunk in (5, 37):
         ours = prefill(model, new_cache(model), 0, prompt, chunk)
-        with torch.no_grad():
-            ref = hf_model(torch.tensor([prompt])).logits[0, -1].float()
-        assert (ours - ref).abs().max().item() <= ATOL
+        assert (ours - ref).abs().max().item() <= tol(dtype, ref)
 
 
 @pytest.mark.parametrize("chunk", [1, 3, 16, 10**6])
@@ -121,7 +152,7 @@ def test_engine_outputs_independent_of_chunk_size(chunk, llama_ckpt, workload_fi
         assert a.output_token_ids == b.output_token_ids
         for la, lb in zip(a.logprobs, b.logprobs):
             assert la.keys() == lb.keys()
-            assert max(abs(la[t] - lb[t]) for t in la) <= ATOL
+            assert max(abs(la[t] - lb[t]) for t in la) <= LOGPROB_TOL
 
 
 # ---- hybrid batches ------------------------------------------------------------------
@@ -175,9 +206,9 @@ def _clone(kv):
 
 
 @pytest.mark.parametrize("layout", ["last_chunk", "mid_chunk", "two_chunks"])
-def test_hybrid_batch_equals_separate_parts(layout, hf_checkpoint):
+def test_hybrid_batch_equals_separate_parts(layout, hf_checkpoint, dtype):
     path = hf_checkpoint("llama")[0]
-    model = load_stage(path, 0, 4)
+    model = load(path, dtype)
     kv, prompts, dec_tokens = _history(model)
     kv_sep = _clone(kv)
 
@@ -222,23 +253,23 @@ def test_hybrid_batch_equals_separate_parts(layout, hf_checkpoint):
     separate = torch.stack(separate)
     assert separate.shape == hybrid.shape
     err = (hybrid - separate).abs().max().item()
-    assert err <= ATOL, f"hybrid vs separate logits differ by {err}"
+    assert err <= tol(dtype, separate), f"hybrid vs separate logits differ by {err}"
     # Same K/V written to the cache.
-    assert (kv.k - kv_sep.k).abs().max().item() <= ATOL
-    assert (kv.v - kv_sep.v).abs().max().item() <= ATOL
+    assert (kv.k - kv_sep.k).abs().max().item() <= tol(dtype, kv_sep.k)
+    assert (kv.v - kv_sep.v).abs().max().item() <= tol(dtype, kv_sep.v)
 
     # A single decode alone (batch of one) gives the same logits as in the batch of decodes.
     kv_one = _clone(kv_sep)
     r, p, ids = decodes[1]
     alone = step(model, kv_one, [p], ids)[0]
-    assert (alone - dec_batch[1]).abs().max().item() <= ATOL
+    assert (alone - dec_batch[1]).abs().max().item() <= tol(dtype, alone)
 
     if layout != "last_chunk":
         # Finishing request 3's prompt from either cache gives the same first-token logits.
         rest = PartSpec(16, CHUNKED_LEN - 16, table(3), True)
         a = step(model, kv, [rest], prompts[3][16:])
         b = step(model, kv_sep, [rest], prompts[3][16:])
-        assert (a - b).abs().max().item() <= ATOL
+        assert (a - b).abs().max().item() <= tol(dtype, b)
 
 
 def test_executor_hybrid_step_samples_like_separate_steps(hf_checkpoint):
@@ -257,7 +288,7 @@ def test_executor_hybrid_step_samples_like_separate_steps(hf_checkpoint):
     assert [r.token_id for r in hybrid] == [r.token_id for r in separate]
     for a, b in zip(hybrid, separate):
         assert a.logprobs.keys() == b.logprobs.keys() and len(a.logprobs) == 4
-        assert max(abs(a.logprobs[t] - b.logprobs[t]) for t in a.logprobs) <= ATOL
+        assert max(abs(a.logprobs[t] - b.logprobs[t]) for t in a.logprobs) <= LOGPROB_TOL
 
     # A part that does not sample gets no result, and emits no LM-head row.
     mid = [ScheduledPart(4, 0, prompts[4][:3], table(4), True, False, 0)] + [

@@ -121,6 +121,17 @@ def test_mistral_sliding_window_matches_hf(tmp_path, workload_file, run_config):
                      lens=[4, 11, 23], max_tokens=[10, 8, 9])
 
 
+@pytest.mark.parametrize("family, overrides", [
+    ("llama", dict(attention_bias=True, mlp_bias=True)),  # q/k/v/o and gate/up/down biases
+    ("mistral", dict(head_dim=32)),  # head_dim != hidden / heads (q_size 128 > hidden 64)
+], ids=["llama-biases", "mistral-head_dim"])
+def test_config_variants_match_hf(family, overrides, tmp_path, workload_file, run_config):
+    hf_model = build_hf_model(family, seed=4, **overrides)
+    path = save_checkpoint(hf_model, tmp_path / "ckpt")
+    _run_and_compare(path, hf_model, workload_file, run_config, chunk_size=8, k=3,
+                     lens=[5, 19], max_tokens=[6, 6])
+
+
 def test_bfloat16_close_to_float32(llama_ckpt, llama_hf, workload_file, run_config):
     """bfloat16 runs end to end; greedy tokens mostly agree with float32 (random weights with
     a large init range are numerically touchy, so this is loose: first tokens and the bulk

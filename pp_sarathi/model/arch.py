@@ -35,6 +35,8 @@ class ModelArch:
     rope_scaling: dict | None = None  # HF rope parameters when not plain default rope
     tie_word_embeddings: bool = False
     qkv_bias: bool = False
+    o_bias: bool = False  # llama attention_bias: o_proj has a bias too
+    mlp_bias: bool = False  # llama mlp_bias: gate, up and down projections have biases
     sliding_window: int | None = None
     eos_token_ids: tuple[int, ...] = field(default_factory=tuple)
     dtype: str = "float32"  # dtype the checkpoint was saved in
@@ -102,7 +104,11 @@ class ModelArch:
             rope_theta=float(theta),
             rope_scaling=dict(scaling) if scaling else None,
             tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
-            qkv_bias=family == "qwen2" or bool(cfg.get("attention_bias", False)),
+            # HF: Qwen2 has q/k/v biases only; Llama's attention_bias adds q/k/v *and* o biases,
+            # mlp_bias gate/up/down biases; Mistral has no biases whatever the config says.
+            qkv_bias=family == "qwen2" or (family == "llama" and bool(cfg.get("attention_bias", False))),
+            o_bias=family == "llama" and bool(cfg.get("attention_bias", False)),
+            mlp_bias=family == "llama" and bool(cfg.get("mlp_bias", False)),
             sliding_window=window,
             eos_token_ids=eos_ids,
             dtype=str(cfg.get("dtype") or cfg.get("torch_dtype") or "float32"),

@@ -40,9 +40,9 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(h, arch.rms_norm_eps)
         # Q, K, V fused into one matmul, gate and up into another.
         self.qkv_proj = nn.Linear(h, arch.q_size + 2 * arch.kv_size, bias=arch.qkv_bias)
-        self.o_proj = nn.Linear(arch.q_size, h, bias=False)
-        self.gate_up_proj = nn.Linear(h, 2 * arch.intermediate_size, bias=False)
-        self.down_proj = nn.Linear(arch.intermediate_size, h, bias=False)
+        self.o_proj = nn.Linear(arch.q_size, h, bias=arch.o_bias)
+        self.gate_up_proj = nn.Linear(h, 2 * arch.intermediate_size, bias=arch.mlp_bias)
+        self.down_proj = nn.Linear(arch.intermediate_size, h, bias=arch.mlp_bias)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 meta: AttentionMetadata, k_pool: torch.Tensor, v_pool: torch.Tensor) -> torch.Tensor:

@@ -58,8 +58,13 @@ def _hf_names(arch: ModelArch, start: int, end: int) -> dict[str, list[str]]:
         if arch.qkv_bias:
             names[ours + "qkv_proj.bias"] = [hf + f"self_attn.{p}_proj.bias" for p in "qkv"]
         names[ours + "o_proj.weight"] = [hf + "self_attn.o_proj.weight"]
+        if arch.o_bias:
+            names[ours + "o_proj.bias"] = [hf + "self_attn.o_proj.bias"]
         names[ours + "gate_up_proj.weight"] = [hf + "mlp.gate_proj.weight", hf + "mlp.up_proj.weight"]
         names[ours + "down_proj.weight"] = [hf + "mlp.down_proj.weight"]
+        if arch.mlp_bias:
+            names[ours + "gate_up_proj.bias"] = [hf + "mlp.gate_proj.bias", hf + "mlp.up_proj.bias"]
+            names[ours + "down_proj.bias"] = [hf + "mlp.down_proj.bias"]
         names[ours + "input_layernorm.weight"] = [hf + "input_layernorm.weight"]
         names[ours + "post_attention_layernorm.weight"] = [hf + "post_attention_layernorm.weight"]
     if end == arch.num_layers:
@@ -86,6 +91,15 @@ def load_stage(path: str | Path, start: int, end: int, dtype: str = "float32",
         wanted["lm_head.weight"] = ["lm_head.weight"]
     if missing:
         raise CheckpointError(f"checkpoint {str(path)!r} is missing tensor(s): {', '.join(missing)}")
+    # A tensor of our layers that we would not read means the config describes another model
+    # (an unsupported bias, say): refuse rather than silently compute something else.
+    used = {n for parts in wanted.values() for n in parts}
+    ours = tuple(f"model.layers.{i}." for i in range(start, end))
+    unused = sorted(n for n in weight_map if n.startswith(ours) and n not in used
+                    and not n.endswith("rotary_emb.inv_freq"))
+    if unused:
+        raise CheckpointError(f"checkpoint {str(path)!r} has tensor(s) this architecture does not use: "
+                              f"{', '.join(unused[:5])}{' ...' if len(unused) > 5 else ''}")
     by_file: dict[str, list[str]] = {}
     for parts in wanted.values():
         for n in parts:
