@@ -7,54 +7,46 @@ import json
 import os
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 
+from ..config import ModelConfig
 
-@dataclass(frozen=True)
-class PresetShape:
-    """Shape of a LLaMA-architecture checkpoint the project generates itself."""
 
-    vocab_size: int = 8192
-    hidden_size: int = 1024
-    intermediate_size: int = 2816
-    num_layers: int = 8
-    num_heads: int = 16
-    num_kv_heads: int = 4
-    max_position_embeddings: int = 2048
-    rope_theta: float = 10000.0
-    tie_word_embeddings: bool = False
-    seed: int = 0
+# ModelConfig fields that shape the generated checkpoint (name, path and dtype do not).
+SHAPE_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads",
+                "max_position_embeddings", "rope_theta", "tie_word_embeddings", "seed")
 
-    def hf_config(self) -> dict:
-        return {
-            "architectures": ["LlamaForCausalLM"],
-            "model_type": "llama",
-            "vocab_size": self.vocab_size,
-            "hidden_size": self.hidden_size,
-            "intermediate_size": self.intermediate_size,
-            "num_hidden_layers": self.num_layers,
-            "num_attention_heads": self.num_heads,
-            "num_key_value_heads": self.num_kv_heads,
-            "max_position_embeddings": self.max_position_embeddings,
-            "rope_theta": self.rope_theta,
-            "rms_norm_eps": 1e-5,
-            "hidden_act": "silu",
-            "tie_word_embeddings": self.tie_word_embeddings,
-            "bos_token_id": 1,
-            "eos_token_id": 2,
-            "torch_dtype": "float32",
-        }
+
+def hf_config(shape: ModelConfig) -> dict:
+    """config.json of the generated checkpoint."""
+    return {
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "vocab_size": shape.vocab_size,
+        "hidden_size": shape.hidden_size,
+        "intermediate_size": shape.intermediate_size,
+        "num_hidden_layers": shape.num_layers,
+        "num_attention_heads": shape.num_heads,
+        "num_key_value_heads": shape.num_kv_heads,
+        "max_position_embeddings": shape.max_position_embeddings,
+        "rope_theta": shape.rope_theta,
+        "rms_norm_eps": 1e-5,
+        "hidden_act": "silu",
+        "tie_word_embeddings": shape.tie_word_embeddings,
+        "bos_token_id": 1,
+        "eos_token_id": 2,
+        "torch_dtype": "float32",
+    }
 
 
 def cache_root() -> Path:
     return Path(os.environ.get("PP_SARATHI_CACHE", Path.home() / ".cache" / "pp_sarathi"))
 
 
-def random_state_dict(shape: PresetShape) -> dict[str, torch.Tensor]:
+def random_state_dict(shape: ModelConfig) -> dict[str, torch.Tensor]:
     """HF-named float32 tensors drawn from N(0, 0.02) with a fixed seed; norms are ones."""
     gen = torch.Generator().manual_seed(shape.seed)
     h, inter = shape.hidden_size, shape.intermediate_size
@@ -82,16 +74,16 @@ def random_state_dict(shape: PresetShape) -> dict[str, torch.Tensor]:
     return sd
 
 
-def materialize(shape: PresetShape, root: Path | None = None) -> Path:
+def materialize(shape: ModelConfig, root: Path | None = None) -> Path:
     """Return the checkpoint dir for ``shape``, writing it first if it is not cached yet."""
-    key = hashlib.sha256(json.dumps(asdict(shape), sort_keys=True).encode()).hexdigest()[:12]
+    key = hashlib.sha256(json.dumps({f: getattr(shape, f) for f in SHAPE_FIELDS}, sort_keys=True).encode()).hexdigest()[:12]
     target = (root or cache_root()) / "models" / f"llama-{shape.num_layers}l-{shape.hidden_size}h-{key}"
     if (target / "model.safetensors").is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=".tmp-"))
     try:
-        (tmp / "config.json").write_text(json.dumps(shape.hf_config(), indent=2))
+        (tmp / "config.json").write_text(json.dumps(hf_config(shape), indent=2))
         save_file(random_state_dict(shape), str(tmp / "model.safetensors"))
         try:
             os.rename(tmp, target)  # atomic: concurrent writers race harmlessly

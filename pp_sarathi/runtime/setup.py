@@ -8,7 +8,7 @@ import torch
 from ..config import ModelConfig, RunConfig
 from ..model.arch import ModelArch
 from ..model.loader import load_stage, parse_dtype
-from ..model.preset import PresetShape, materialize
+from ..model.preset import materialize
 from .executor import StageExecutor
 from .sampler import Sampler
 
@@ -20,17 +20,9 @@ def resolve_model(mcfg: ModelConfig) -> tuple[Path, ModelArch]:
         if not path.is_dir():
             raise FileNotFoundError(f"model.path {mcfg.path!r} does not exist or is not a directory")
     else:
-        path = materialize(preset_shape(mcfg))
+        path = materialize(mcfg)
     parse_dtype(mcfg.dtype)
     return path, ModelArch.from_pretrained(path)
-
-
-def preset_shape(mcfg: ModelConfig) -> PresetShape:
-    return PresetShape(vocab_size=mcfg.vocab_size, hidden_size=mcfg.hidden_size,
-                       intermediate_size=mcfg.intermediate_size, num_layers=mcfg.num_layers,
-                       num_heads=mcfg.num_heads, num_kv_heads=mcfg.num_kv_heads,
-                       max_position_embeddings=mcfg.max_position_embeddings, rope_theta=mcfg.rope_theta,
-                       tie_word_embeddings=mcfg.tie_word_embeddings, seed=mcfg.seed)
 
 
 def pick_device(cfg: RunConfig, local_rank: int = 0) -> torch.device:

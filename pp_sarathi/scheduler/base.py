@@ -140,7 +140,7 @@ class Scheduler:
             if seq.first_token_time is None:
                 seq.first_token_time = now
             reason = None
-            if res.token_id in self.eos:
+            if res.token_id in self.eos and not seq.request.ignore_eos:
                 reason = "stop"
             elif len(seq.output_token_ids) >= seq.request.max_tokens or seq.num_tokens >= self.max_model_len:
                 reason = "length"

@@ -91,7 +91,8 @@ def trace_requests(path: str | None, vocab_size: int, seed: int, avoid: tuple[in
             if prefill < 1 or decode < 1 or not 0 <= arrived < float("inf"):
                 raise WorkloadFileError(f"{p}:{lineno}: token counts must be >= 1 and arrived_at >= 0")
             out.append(Request(id=f"req-{len(out)}", prompt_token_ids=random_prompt(rng, prefill, vocab_size, avoid),
-                               max_tokens=decode, arrival_time=arrived, index=len(out)))
+                               max_tokens=decode, arrival_time=arrived, index=len(out),
+                               ignore_eos=True))
     if not out:
         raise WorkloadFileError(f"{p}: no requests")
     return out

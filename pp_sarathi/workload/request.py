@@ -12,4 +12,5 @@ class Request:
     arrival_time: float = 0.0  # seconds after the run starts
     index: int = 0  # position in the input; outputs keep this order
     error: str | None = None  # set when the request cannot run (it still gets an output line)
+    ignore_eos: bool = False  # synthetic/trace lengths are exact: generate max_tokens whatever comes
     meta: dict = field(default_factory=dict)

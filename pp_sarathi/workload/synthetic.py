@@ -67,5 +67,5 @@ def synthetic_requests(cfg: WorkloadConfig, vocab_size: int, avoid: tuple[int, .
     for i, (total, t) in enumerate(zip(lengths, arrivals)):
         prompt, decode = split_pd(int(total), cfg.pd_ratio)
         out.append(Request(id=f"req-{i}", prompt_token_ids=random_prompt(rng, prompt, vocab_size, avoid),
-                           max_tokens=decode, arrival_time=float(t), index=i))
+                           max_tokens=decode, arrival_time=float(t), index=i, ignore_eos=True))
     return out
