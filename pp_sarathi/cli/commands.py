@@ -123,7 +123,10 @@ def cmd_compare(cfg: RunConfig, cfg_dict: dict, run_dir: str) -> None:
         sub_dict["scheduler"]["name"] = name
         sub_dir = str(Path(run_dir) / name)
         sub_dict["output_dir"] = sub_dir
-        sub_dict.setdefault("logging", {}).setdefault("wandb", {})["name"] = name
+        wandb_cfg = sub_dict.setdefault("logging", {}).setdefault("wandb", {})
+        base = cfg_dict.get("logging", {}).get("wandb", {})
+        wandb_cfg["name"] = f"{base['name']}/{name}" if base.get("name") else name
+        wandb_cfg["group"] = base.get("group") or Path(run_dir).resolve().name  # one group per compare
         log.info("=== %s ===", name)
         results[name] = execute(sub_cfg, sub_dict, sub_dir)
         timelines[name] = load_timeline(sub_dir)
