@@ -1,0 +1,53 @@
+"""A :class:`StageModel` with random weights built directly on the device (no checkpoint).
+
+For benchmarks at paper shapes (LLaMA-13B, 26 GB in bf16): the module is created on the meta
+device, allocated once in the target dtype on the target device, and filled in place, so the
+host never holds a copy and nothing is written to disk.
+"""
+from __future__ import annotations
+
+import torch
+
+from ..model.arch import ModelArch
+from ..model.llama import StageModel
+
+
+def llama_arch(vocab_size: int, hidden_size: int, intermediate_size: int, num_layers: int,
+               num_heads: int, num_kv_heads: int | None = None, max_position_embeddings: int = 4096,
+               rope_theta: float = 10000.0, dtype: str = "bfloat16") -> ModelArch:
+    """A plain LLaMA architecture from its shape (what ``config.json`` would say)."""
+    return ModelArch(family="llama", vocab_size=vocab_size, hidden_size=hidden_size,
+                     intermediate_size=intermediate_size, num_layers=num_layers, num_heads=num_heads,
+                     num_kv_heads=num_kv_heads or num_heads, head_dim=hidden_size // num_heads,
+                     max_position_embeddings=max_position_embeddings, rms_norm_eps=1e-5,
+                     rope_theta=rope_theta, eos_token_ids=(2,), dtype=dtype)
+
+
+# LLaMA-13B as in the paper (40 layers, 40 heads, hidden 5120), conf/model/llama-13b.yaml.
+LLAMA_13B = dict(vocab_size=32000, hidden_size=5120, intermediate_size=13824, num_layers=40,
+                 num_heads=40, num_kv_heads=40, max_position_embeddings=4096)
+
+
+@torch.no_grad()
+def random_stage_model(arch: ModelArch, start: int = 0, end: int | None = None, *,
+                       dtype: torch.dtype = torch.bfloat16, device: torch.device | str = "cpu",
+                       seed: int = 0, std: float = 0.02) -> StageModel:
+    """Layers ``[start, end)`` with N(0, std) weights (norms one, biases zero), in place on ``device``."""
+    end = arch.num_layers if end is None else end
+    with torch.device("meta"):
+        model = StageModel(arch, start, end)
+    model = model.to(dtype).to_empty(device=device)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    for name, p in model.named_parameters():
+        if name.endswith("norm.weight"):
+            p.fill_(1.0)
+        elif name.endswith(".bias"):
+            p.zero_()
+        else:
+            p.normal_(0.0, std, generator=gen)
+    model.reset_rope()
+    return model.eval()
+
+
+def param_bytes(model: torch.nn.Module) -> int:
+    return sum(p.numel() * p.element_size() for p in model.parameters())
