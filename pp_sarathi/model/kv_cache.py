@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from torch.nn.attention.bias import causal_lower_right
 
 
 class KVCache:
@@ -46,7 +47,8 @@ class AttentionMetadata:
     positions: torch.Tensor  # [T] position of each flat token
     slot_mapping: torch.Tensor  # [T] cache slot each new token's K/V is written to
     logits_indices: torch.Tensor  # [L] flat rows that go through the LM head
-    # Parts of more than one token: (first flat row, num_tokens, start position, gather index, mask)
+    # Parts of more than one token: (first flat row, num_tokens, start position, gather index,
+    # mask: None = causal from position 0, else a bool mask or a lower-right causal bias)
     chunks: list[tuple[int, int, int, torch.Tensor, torch.Tensor | None]]
     # Single-token parts (decodes) attended together: flat rows, gather index, key mask
     decode_rows: torch.Tensor | None
@@ -85,14 +87,14 @@ def build_attention_metadata(parts: list[PartSpec], block_size: int, device,
             dec_slots.append(ctx_slots)
             dec_lens.append(end)
         else:
-            q_pos = torch.arange(part.start, end, device=device)[:, None]
-            k_pos = torch.arange(end, device=device)[None, :]
-            mask = None
-            if part.start > 0 or sliding_window:
-                visible = k_pos <= q_pos
-                if sliding_window:
-                    visible &= k_pos > q_pos - sliding_window
-                mask = visible
+            mask = None  # None: plain causal (the chunk starts the sequence)
+            if sliding_window:
+                q_pos = torch.arange(part.start, end, device=device)[:, None]
+                k_pos = torch.arange(end, device=device)[None, :]
+                mask = (k_pos <= q_pos) & (k_pos > q_pos - sliding_window)
+            elif part.start > 0:
+                # Causal aligned to the end of the keys; SDPA keeps its fused kernels for this.
+                mask = causal_lower_right(part.num_tokens, end)
             chunks.append((row, part.num_tokens, part.start, ctx_slots.to(device), mask))
         if part.needs_logits:
             logits_rows.append(row + part.num_tokens - 1)

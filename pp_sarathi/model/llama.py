@@ -66,15 +66,19 @@ class DecoderLayer(nn.Module):
         gqa = self.arch.num_kv_heads != self.arch.num_heads
         for row, n, start, gather, mask in meta.chunks:
             qc = q[row:row + n].transpose(0, 1).unsqueeze(0)  # [1, H, n, d]
-            kc = k_pool[gather].transpose(0, 1).unsqueeze(0)  # [1, Hkv, ctx, d]
-            vc = v_pool[gather].transpose(0, 1).unsqueeze(0)
+            kc = k_pool.index_select(0, gather).transpose(0, 1).unsqueeze(0)  # [1, Hkv, ctx, d]
+            vc = v_pool.index_select(0, gather).transpose(0, 1).unsqueeze(0)
             o = F.scaled_dot_product_attention(qc, kc, vc, attn_mask=mask, is_causal=mask is None,
                                                enable_gqa=gqa)
             out[row:row + n] = o[0].transpose(0, 1)
         if meta.decode_rows is not None:
             qd = q[meta.decode_rows].unsqueeze(2)  # [D, H, 1, d]
-            kd = k_pool[meta.decode_gather].transpose(1, 2)  # [D, Hkv, ctx, d]
-            vd = v_pool[meta.decode_gather].transpose(1, 2)
+            # index_select over the flattened slots is a plain gather copy (cheaper than
+            # advanced indexing with a 2-D index).
+            shape = (*meta.decode_gather.shape, *k_pool.shape[1:])
+            flat = meta.decode_gather.view(-1)
+            kd = k_pool.index_select(0, flat).view(shape).transpose(1, 2)  # [D, Hkv, ctx, d]
+            vd = v_pool.index_select(0, flat).view(shape).transpose(1, 2)
             o = F.scaled_dot_product_attention(qd, kd, vd, attn_mask=meta.decode_mask, enable_gqa=gqa)
             out[meta.decode_rows] = o.squeeze(2)
         return out
