@@ -15,8 +15,9 @@ executes (pp_sarathi/model/llama.py):
 Two sources for the per-op costs:
 
 * :class:`ProfileCosts` - a CSV measured on this device by :func:`pp_sarathi.sim.profile.run_profile`:
-  piecewise-linear interpolation over token count for the linear-type ops, least-squares fits
-  with physically motivated features for attention, metadata overhead and misc.
+  piecewise-linear interpolation over token count for the linear-type ops, over the
+  (chunk, cached) and (batch, context) grids for attention, and least-squares fits for the
+  per-batch overhead (parts, tokens) and the per-layer misc ops (tokens).
 * :class:`RooflineCosts` - FLOPs and bytes of each op against the peak rates in
   :class:`~pp_sarathi.sim.config.HardwareConfig` (max of compute and memory time), with the
   tensor-parallel degree dividing the work and adding ring all-reduces.
@@ -39,7 +40,7 @@ DTYPE_BYTES = {"float32": 4, "fp32": 4, "bfloat16": 2, "bf16": 2, "float16": 2, 
 # activation, residual adds x2): used for the roofline's launch overhead.
 _MISC_KERNELS = 9
 
-PROFILE_COLUMNS = ["op", "tokens", "chunk", "cached", "batch", "context", "bytes", "seconds", "repeats",
+PROFILE_COLUMNS = ["op", "tokens", "chunk", "cached", "batch", "context", "bytes", "seconds", "seconds_min", "repeats",
                    "device", "dtype", "threads", "hidden_size", "intermediate_size", "num_heads",
                    "num_kv_heads", "head_dim", "vocab_size", "torch"]
 SHAPE_COLUMNS = ["hidden_size", "intermediate_size", "num_heads", "num_kv_heads", "vocab_size"]
@@ -64,18 +65,20 @@ class BatchShape:
     meta_ints: int  # int64 words of the plan metadata on the wire
 
     @classmethod
-    def from_plan(cls, plan) -> "BatchShape":
+    def from_plan(cls, plan, block_size: int = 16) -> "BatchShape":
+        """``block_size``: the runtime cache's, to size the block tables sent with the plan."""
         total, prefills, decodes, sampled, meta = 0, [], [], 0, 2
         for p in plan.parts:
             n = len(p.token_ids)
             total += n
+            end = p.start + n
             if n == 1:
-                decodes.append(p.start + 1)
+                decodes.append(end)
             else:
                 prefills.append((n, p.start))
             if p.sample:
                 sampled += 1
-            meta += 7 + len(p.block_table)
+            meta += 7 + -(-end // block_size)
         return cls(total, len(plan.parts), prefills, decodes, sampled, meta)
 
 
@@ -291,6 +294,32 @@ class Interp1D:
         return max(y, 0.0)
 
 
+class Interp2D:
+    """Bilinear-style interpolation on a grid of rows: piecewise-linear along ``y`` within each
+    measured ``x`` row, then linear between the two rows bracketing ``x`` (linear extrapolation
+    beyond the grid in both directions)."""
+
+    def __init__(self, xs, ys, zs):
+        rows: dict[float, tuple[list, list]] = {}
+        for x, y, z in zip(xs, ys, zs):
+            r = rows.setdefault(float(x), ([], []))
+            r[0].append(y)
+            r[1].append(z)
+        if not rows:
+            raise ValueError("no points to interpolate")
+        self.xs = sorted(rows)
+        self.rows = [Interp1D(*rows[x]) for x in self.xs]
+
+    def __call__(self, x: float, y: float) -> float:
+        xs = self.xs
+        if len(xs) == 1:
+            return self.rows[0](y)
+        i = min(max(bisect.bisect_right(xs, x), 1), len(xs) - 1)
+        x0, x1 = xs[i - 1], xs[i]
+        a, b = self.rows[i - 1](y), self.rows[i](y)
+        return max(0.0, a + (b - a) * (x - x0) / (x1 - x0))
+
+
 class LinearFit:
     """Least squares ``y ~ features(x) . w`` (non-negative predictions)."""
 
@@ -309,19 +338,15 @@ class LinearFit:
         return max(0.0, sum(c * f for c, f in zip(self.coef, features)))
 
 
-def _prefill_feats(chunk, cached):
-    return [1.0, chunk, chunk * (cached + (chunk + 1) / 2.0), cached]
-
-
-def _decode_feats(batch, ctx):
-    return [1.0, batch, batch * ctx]
-
-
 def _overhead_feats(parts, tokens):
     return [1.0, parts, tokens]
 
 
-def read_profile(path: str | Path) -> list[dict]:
+def read_profile(path: str | Path, statistic: str = "mean") -> list[dict]:
+    """Rows of a profile CSV; ``statistic="min"`` makes ``seconds`` the fastest call
+    (``seconds_min``) instead of the mean over all timed calls."""
+    if statistic not in ("mean", "min"):
+        raise ValueError(f"profile statistic must be mean or min, not {statistic!r}")
     rows = []
     with open(path, newline="") as f:
         for r in csv.DictReader(f):
@@ -330,9 +355,13 @@ def read_profile(path: str | Path) -> list[dict]:
                 if r.get(k) not in (None, ""):
                     r[k] = int(float(r[k]))
             r["seconds"] = float(r["seconds"])
+            r["seconds_min"] = float(r["seconds_min"]) if r.get("seconds_min") not in (None, "") else r["seconds"]
             rows.append(r)
     if not rows:
         raise ValueError(f"profile {path} has no rows")
+    if statistic == "min":
+        for r in rows:
+            r["seconds"] = r["seconds_min"]
     return rows
 
 
@@ -379,11 +408,9 @@ class ProfileCosts(CostModel):
         self._lm_head = interp("lm_head")
         self._sample = interp("sample")
         rs = need("attn_prefill")
-        self._prefill = LinearFit([_prefill_feats(r["chunk"], r["cached"]) for r in rs],
-                                  [r["seconds"] for r in rs], ["const", "chunk", "pairs", "cached"])
+        self._prefill = Interp2D([r["chunk"] for r in rs], [r["cached"] for r in rs], [r["seconds"] for r in rs])
         rs = need("attn_decode")
-        self._decode = LinearFit([_decode_feats(r["batch"], r["context"]) for r in rs],
-                                 [r["seconds"] for r in rs], ["const", "batch", "batch*context"])
+        self._decode = Interp2D([r["batch"] for r in rs], [r["context"] for r in rs], [r["seconds"] for r in rs])
         rs = need("overhead")
         self._overhead = LinearFit([_overhead_feats(r["batch"], r["tokens"]) for r in rs],
                                    [r["seconds"] for r in rs], ["const", "parts", "tokens"])
@@ -409,8 +436,8 @@ class ProfileCosts(CostModel):
 
     @classmethod
     def from_csv(cls, path: str | Path, arch: ModelArch | None = None, dtype: str | None = None,
-                 check_shape: bool = True) -> "ProfileCosts":
-        rows = read_profile(path)
+                 check_shape: bool = True, statistic: str = "mean") -> "ProfileCosts":
+        rows = read_profile(path, statistic)
         first = rows[0]
         if arch is None:
             arch = arch_from_profile(first)
@@ -430,11 +457,11 @@ class ProfileCosts(CostModel):
         return self._misc(1.0, t) if self._misc else 0.0
 
     def attn_prefill(self, chunk: int, cached: int) -> float:
-        return self._prefill(*_prefill_feats(chunk, cached))
+        return self._prefill(chunk, cached)
 
     def attn_decode(self, ctx: list[int]) -> float:
         # The runtime pads every decode to the longest context of the batch.
-        return self._decode(*_decode_feats(len(ctx), max(ctx)))
+        return self._decode(len(ctx), max(ctx))
 
     def embed(self, t: int) -> float:
         return self._embed(t)
@@ -482,7 +509,7 @@ def _pred_row(m: ProfileCosts, r: dict) -> float | None:
     if op == "attn_prefill":
         return m.attn_prefill(r["chunk"], r["cached"])
     if op == "attn_decode":
-        return m._decode(*_decode_feats(r["batch"], r["context"]))
+        return m._decode(r["batch"], r["context"])
     if op == "embed":
         return m.embed(r["tokens"])
     if op == "lm_head":
@@ -499,24 +526,34 @@ def _pred_row(m: ProfileCosts, r: dict) -> float | None:
     return None
 
 
-def holdout_errors(path_or_rows, arch: ModelArch | None = None, every: int = 3) -> dict:
+def holdout_errors(path_or_rows, arch: ModelArch | None = None, every: int = 3, statistic: str = "mean") -> dict:
     """Fit on all profile rows but every ``every``-th one of each op (interior points for the
     interpolated ops), predict the held-out rows, and report relative errors per op.
 
     ``layer`` rows (whole decoder layers on mixed batches) check the additive composition:
     half of them fit misc(T), the other half are held out.
     """
-    rows = read_profile(path_or_rows) if isinstance(path_or_rows, (str, Path)) else list(path_or_rows)
+    rows = read_profile(path_or_rows, statistic) if isinstance(path_or_rows, (str, Path)) else list(path_or_rows)
     arch = arch or arch_from_profile(rows[0])
     held: set[int] = set()
     by_op: dict[str, list[int]] = {}
     for i, r in enumerate(rows):
         by_op.setdefault(r["op"], []).append(i)
+    grid2d = {"attn_prefill": ("chunk", "cached"), "attn_decode": ("batch", "context")}
     for op, idx in by_op.items():
-        key = "bytes" if op == "p2p" else "tokens"
-        if op in ("attn_prefill", "attn_decode", "overhead", "layer"):
+        if op in grid2d:  # interior points of the (x, y) grid
+            kx, ky = grid2d[op]
+            xs = sorted({rows[i][kx] for i in idx})
+            inner = []
+            for i in idx:
+                ys = sorted(rows[j][ky] for j in idx if rows[j][kx] == rows[i][kx])
+                if rows[i][kx] not in (xs[0], xs[-1]) and rows[i][ky] not in (ys[0], ys[-1]):
+                    inner.append(i)
+            cand = inner[::every]
+        elif op in ("overhead", "layer"):
             cand = idx[1::2] if op == "layer" else idx[1::every]
-        else:  # interpolated: hold out interior points only (no extrapolation test)
+        else:  # interpolated in one dimension: interior points only (no extrapolation test)
+            key = "bytes" if op == "p2p" else "tokens"
             order = sorted(idx, key=lambda i: rows[i][key])
             cand = order[1:-1][::every]
         held.update(cand)
@@ -548,7 +585,10 @@ def holdout_errors(path_or_rows, arch: ModelArch | None = None, every: int = 3) 
 def make_cost_model(cfg, arch: ModelArch) -> CostModel:
     """Profile CSV when ``sim.profile`` is set, else the ``hardware`` roofline."""
     if cfg.sim.profile:
-        return ProfileCosts.from_csv(cfg.sim.profile, arch, cfg.model.dtype)
+        if cfg.hardware.tp > 1:
+            raise ValueError("a profile measures one device without tensor parallelism; "
+                             "unset sim.profile (roofline) or set hardware.tp=1")
+        return ProfileCosts.from_csv(cfg.sim.profile, arch, cfg.model.dtype, statistic=cfg.sim.profile_statistic)
     return RooflineCosts(arch, cfg.model.dtype, cfg.hardware)
 
 

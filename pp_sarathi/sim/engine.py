@@ -97,7 +97,7 @@ class SimPipeline:
 
     def __init__(self, cost: CostModel, layers_per_stage: list[int], clock: VirtualClock,
                  dummy_token: int = 0, driver_blocks_on_stage0: bool = True,
-                 schedule_overhead_s: float = 0.0, keep_records: bool = True):
+                 schedule_overhead_s: float = 0.0, keep_records: bool = True, block_size: int = 16):
         self.cost = cost
         self.layers = list(layers_per_stage)
         self.num_stages = len(self.layers)
@@ -108,9 +108,10 @@ class SimPipeline:
         self._sample = SampleResult(dummy_token)
         self._inflight: deque[tuple[float, list]] = deque()
         self.busy_s = [0.0] * self.num_stages
+        self.block_size = block_size  # of the runtime's cache: sizes the plan metadata on the wire
 
     def times(self, plan: BatchPlan) -> StageTimes:
-        return self.cost.stage_times(BatchShape.from_plan(plan), self.layers)
+        return self.cost.stage_times(BatchShape.from_plan(plan, self.block_size), self.layers)
 
     def submit(self, plan: BatchPlan) -> None:
         times = self.times(plan)

@@ -80,14 +80,21 @@ def run_simulation(cfg: RunConfig, cost: CostModel | None = None, on_finished=No
     requests = sim_requests(cfg.workload, arch.vocab_size, arch.eos_token_ids)
     placeholder = bool(requests) and isinstance(requests[0].prompt_token_ids, PlaceholderTokens)
 
-    blocks = BlockManager(num_kv_blocks(cfg, arch), cfg.cache.block_size)
+    if cfg.cache.num_blocks > 0:
+        blocks = BlockManager(cfg.cache.num_blocks, cfg.cache.block_size)
+    else:
+        # The default cache holds max_batch_size full-context requests, so it never binds and
+        # the block size cannot change any decision: one block per request keeps the
+        # scheduler's block tables at one entry (the same schedule, much less bookkeeping).
+        blocks = BlockManager(num_kv_blocks(cfg, arch) * cfg.cache.block_size
+                              // arch.max_position_embeddings or 1, arch.max_position_embeddings)
     sched = make_scheduler(cfg.scheduler, blocks, arch.max_position_embeddings, pp,
                            arch.eos_token_ids, ignore_eos=True)
     sched.add_requests(requests, None if placeholder else arch.vocab_size)
 
     clock = VirtualClock()
     pipe = SimPipeline(cost, counts, clock, dummy_token(cfg, arch), cfg.sim.driver_blocks_on_stage0,
-                       cfg.sim.schedule_overhead_us * 1e-6)
+                       cfg.sim.schedule_overhead_us * 1e-6, block_size=cfg.cache.block_size)
     if on_finished is None and cfg.sim.progress_every:
         on_finished = _Progress(cfg.sim.progress_every, len(requests), cfg.scheduler.name)
     batches = drive(sched, pipe, clock, on_finished)
@@ -95,7 +102,7 @@ def run_simulation(cfg: RunConfig, cost: CostModel | None = None, on_finished=No
     host_s = time.perf_counter() - host_t0
 
     info = {"cost_model": cost.describe(), "host_s": host_s, "virtual_s": clock.now(),
-            "num_batches": len(batches), "kv_blocks": blocks.num_blocks, "block_size": blocks.block_size,
+            "num_batches": len(batches), "kv_blocks": blocks.num_blocks, "kv_block_size": blocks.block_size,
             "layers_per_stage": counts, "stage_busy_s": pipe.busy_s}
     if isinstance(cost, RooflineCosts):
         cap = kv_capacity_tokens(arch, cfg.hardware, max(counts), cost.dtype)

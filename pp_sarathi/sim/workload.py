@@ -84,9 +84,11 @@ def sim_requests(cfg: WorkloadConfig, vocab_size: int, eos_token_ids: tuple[int,
     lengths = sample_lengths(cfg, rng)
     arrivals = arrival_times(cfg, rng)
     fill = next(t for t in range(max(1, vocab_size)) if t not in eos_token_ids) if vocab_size else 0
+    # Synthetic lengths are exact (the runtime generates max_tokens whatever is sampled).
+    extra = {"ignore_eos": True} if "ignore_eos" in getattr(Request, "__dataclass_fields__", {}) else {}
     out = []
     for i, (total, t) in enumerate(zip(lengths.tolist(), arrivals.tolist())):
         prompt, decode = split_pd(int(total), cfg.pd_ratio)
         out.append(Request(id=f"req-{i}", prompt_token_ids=PlaceholderTokens(prompt, fill),  # type: ignore[arg-type]
-                           max_tokens=decode, arrival_time=float(t), index=i))
+                           max_tokens=decode, arrival_time=float(t), index=i, **extra))
     return out

@@ -1,0 +1,370 @@
+"""Simulator: event engine on hand-computable pipelines, cost models, simulate vs a real run."""
+from __future__ import annotations
+
+import copy
+import math
+import time
+
+import pytest
+
+from pp_sarathi.config import RunConfig
+from pp_sarathi.metrics.bubbles import account
+from pp_sarathi.metrics.compare import compare_ratios
+from pp_sarathi.metrics.summary import summarize
+from pp_sarathi.runtime.driver import drive
+from pp_sarathi.scheduler import BatchPlan, ScheduledPart
+from pp_sarathi.sim.config import HardwareConfig
+from pp_sarathi.sim.costmodel import (BatchShape, CostModel, ProfileCosts, RooflineCosts, StageTimes,
+                                      holdout_errors, read_profile, write_profile)
+from pp_sarathi.sim.engine import PipelineEngine, SimPipeline, VirtualClock
+from pp_sarathi.sim.simulate import run_simulation, sim_arch, simulate_compare, simulation_results
+from pp_sarathi.sim.workload import PlaceholderTokens, sim_requests
+from pp_sarathi.workload import load_workload
+
+# ---------------------------------------------------------------------------------------
+# Event engine on hand-built pipelines
+# ---------------------------------------------------------------------------------------
+
+
+class TokensAreSeconds(CostModel):
+    """Every stage computes a micro-batch for as many seconds as it has tokens; free transfers."""
+
+    def __init__(self, hop: float = 0.0):
+        self.hop = hop
+
+    def stage_times(self, b: BatchShape, layers: list[int]) -> StageTimes:
+        n = len(layers)
+        return StageTimes([float(b.num_tokens)] * n, [self.hop] * (n - 1), 0.0)
+
+    def describe(self) -> dict:
+        return {"source": "test"}
+
+
+class ScriptedScheduler:
+    """Hands out one single-part plan per entry of ``sizes`` (tokens = seconds per stage)."""
+
+    def __init__(self, sizes: list[int]):
+        self.sizes = list(sizes)
+        self.next = 0
+        self.done = 0
+
+    @property
+    def has_unfinished(self) -> bool:
+        return self.done < len(self.sizes)
+
+    def schedule(self, now: float):
+        if self.next >= len(self.sizes):
+            return None
+        n = self.sizes[self.next]
+        part = ScheduledPart(seq_index=self.next, start=0, token_ids=[0] * n, block_table=[0],
+                             is_prefill=True, sample=True, output_index=0)
+        plan = BatchPlan(id=self.next, parts=[part], scheduled_at=now)
+        self.next += 1
+        return plan
+
+    def on_batch_done(self, plan, results, now):
+        self.done += 1
+        return []
+
+    def next_arrival(self):
+        return None
+
+    def abort_all(self, reason, now):  # pragma: no cover - never reached
+        raise AssertionError(reason)
+
+
+def run_scripted(sizes: list[int], stages: int, hop: float = 0.0):
+    clock = VirtualClock()
+    pipe = SimPipeline(TokensAreSeconds(hop), [1] * stages, clock)
+    batches = drive(ScriptedScheduler(sizes), pipe, clock)
+    report = account(pipe.records, [(b.scheduled_at, b.done_at) for b in batches],
+                     {b.batch_id: b.scheduled_at for b in batches})
+    return pipe.records, batches, report, clock.now()
+
+
+def by_stage(records, stage):
+    return sorted((r for r in records if r.stage == stage), key=lambda r: r.batch_id)
+
+
+def test_equal_stage_times_have_no_bubble_after_fill():
+    records, batches, report, end = run_scripted([1] * 12, stages=4)
+    for s in range(4):
+        recs = by_stage(records, s)
+        # Stage s starts micro-batch k at k + s and never idles in between.
+        assert [r.compute_start for r in recs] == [float(k + s) for k in range(12)]
+        assert report.stage_bubble_s[s] == 0.0
+    assert end == 12 + 3  # fill (3) + 12 micro-batches
+    assert all(v == 0.0 for v in report.batch_bubble_s.values())
+
+
+def test_one_slow_micro_batch_makes_a_known_bubble():
+    # Two stages, micro-batch 1 takes 3 s per stage, the others 1 s (driver = stage 0).
+    # stage 0: b0 [0,1] b1 [1,4] b2 [4,5] | idle 5-7 (b3 needs b1's slot back at 7) | b3 [7,8] ...
+    # stage 1: b0 [1,2] | idle 2-4 (waits for b1) | b1 [4,7] b2 [7,8] b3 [8,9] ...
+    records, batches, report, end = run_scripted([1, 3, 1, 1, 1, 1], stages=2)
+    s0 = [(r.compute_start, r.compute_end) for r in by_stage(records, 0)]
+    s1 = [(r.compute_start, r.compute_end) for r in by_stage(records, 1)]
+    assert s0 == [(0, 1), (1, 4), (4, 5), (7, 8), (8, 9), (9, 10)]
+    assert s1 == [(1, 2), (4, 7), (7, 8), (8, 9), (9, 10), (10, 11)]
+    assert report.stage_bubble_s == {0: 2.0, 1: 2.0}
+    # Stage 1's receive wait for b1 is measured apart from compute.
+    assert by_stage(records, 1)[1].recv_start == 2.0 and by_stage(records, 1)[1].recv_end == 4.0
+    assert end == 11.0
+
+
+def test_transfer_time_delays_the_next_stage():
+    records, _, _, end = run_scripted([2, 2], stages=3, hop=0.5)
+    s2 = by_stage(records, 2)
+    # b0: stage0 [0,2], hop, stage1 [2.5,4.5], hop, stage2 [5,7]
+    assert (s2[0].recv_end, s2[0].compute_start, s2[0].compute_end) == (5.0, 5.0, 7.0)
+    # b1: stage0 [2,4]; stage1 posts its receive at 4.5 -> [5,7]; stage2 posts at 7 -> [7.5,9.5]
+    assert [(r.recv_start, r.compute_start) for r in by_stage(records, 1)] == [(0.0, 2.5), (4.5, 5.0)]
+    assert (s2[1].recv_start, s2[1].compute_start) == (7.0, 7.5)
+    assert end == 9.5
+
+
+def test_engine_push_is_fifo_per_stage():
+    eng = PipelineEngine(3)
+    t = StageTimes([1.0, 2.0, 1.0], [0.0, 0.0], 0.25)
+    s0, done = eng.push(0, 0.0, t)
+    assert (s0, done) == (1.0, 4.25)
+    s0, done = eng.push(1, 0.0, t)  # queued behind micro-batch 0 on every stage
+    assert (s0, done) == (2.0, 6.25)
+
+
+# ---------------------------------------------------------------------------------------
+# Cost models
+# ---------------------------------------------------------------------------------------
+
+TINY_SHAPE = dict(hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4, num_kv_heads=2,
+                  vocab_size=256, max_position_embeddings=256)
+
+
+def tiny_cfg(**workload) -> RunConfig:
+    cfg = RunConfig()
+    cfg.device = "cpu"
+    for k, v in TINY_SHAPE.items():
+        setattr(cfg.model, k, v)
+    cfg.model.name = "tiny-sim-test"
+    cfg.scheduler.chunk_size = 32
+    cfg.scheduler.max_batch_size = 8
+    cfg.cache.block_size = 8
+    w = cfg.workload
+    w.name, w.num_requests, w.min_len, w.max_len, w.pd_ratio = "synthetic", 6, 24, 80, 3.0
+    for k, v in workload.items():
+        setattr(w, k, v)
+    cfg.sampling.ignore_eos = True
+    cfg.parallel.pp = 1
+    cfg.sim.profile_max_tokens = 64
+    cfg.sim.profile_max_context = 128
+    cfg.sim.profile_repeats = 1
+    cfg.sim.profile_p2p = False
+    cfg.logging.wandb.mode = "disabled"
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def tiny_profile(tmp_path_factory):
+    from pp_sarathi.sim.profile import run_profile
+
+    path = tmp_path_factory.mktemp("profile") / "profile.csv"
+    return run_profile(tiny_cfg(), path)
+
+
+SHAPES = [BatchShape(1, 1, [], [17], 1, 10), BatchShape(40, 5, [(36, 0)], [5, 9, 30, 64], 4, 40),
+          BatchShape(32, 2, [(31, 96)], [120], 1, 30), BatchShape(200, 3, [(100, 0), (99, 0)], [3], 3, 50)]
+
+
+def test_profile_csv_has_device_dtype_and_shape_columns(tiny_profile):
+    rows = read_profile(tiny_profile)
+    ops = {r["op"] for r in rows}
+    assert {"linear_qkv", "linear_o", "linear_gate_up", "linear_down", "attn_prefill", "attn_decode",
+            "embed", "lm_head", "sample", "overhead", "layer"} <= ops
+    for r in rows:
+        assert r["device"] and r["dtype"] == "float32" and r["hidden_size"] == 64 and r["vocab_size"] == 256
+        assert r["seconds"] > 0
+
+
+def test_cost_model_round_trips_a_profile_csv(tiny_profile, tmp_path):
+    arch = sim_arch(tiny_cfg())
+    a = ProfileCosts.from_csv(tiny_profile, arch)
+    copy_path = write_profile(read_profile(tiny_profile), tmp_path / "copy.csv")
+    b = ProfileCosts.from_csv(copy_path, arch)
+    for shape in SHAPES:
+        ta, tb = a.stage_times(shape, [1, 1]), b.stage_times(shape, [1, 1])
+        assert ta == tb
+        assert all(x > 0 for x in ta.compute)
+    errs = holdout_errors(tiny_profile)
+    assert errs["all"]["held_out"] > 10 and math.isfinite(errs["all"]["mean_abs_rel_err"])
+
+
+def test_profile_shape_mismatch_is_an_error(tiny_profile):
+    cfg = tiny_cfg()
+    cfg.model.hidden_size = 128
+    with pytest.raises(ValueError, match="re-run `profile`"):
+        ProfileCosts.from_csv(tiny_profile, sim_arch(cfg))
+
+
+def test_roofline_tensor_parallel_divides_work_and_adds_allreduces():
+    cfg = RunConfig()
+    cfg.model.hidden_size, cfg.model.intermediate_size, cfg.model.num_heads = 4096, 11008, 32
+    cfg.model.num_kv_heads, cfg.model.vocab_size, cfg.model.dtype = 32, 32000, "float16"
+    arch = sim_arch(cfg)
+    hw = HardwareConfig(name="x", peak_tflops=100, mem_bw_gbps=1000, gemm_tile=1, tp=1)
+    one = RooflineCosts(arch, "float16", hw)
+    four = RooflineCosts(arch, "float16", HardwareConfig(**{**hw.__dict__, "tp": 4}))
+    assert four.linear(2048) == pytest.approx(one.linear(2048) / 4, rel=0.02)
+    assert one.allreduces_per_layer == 0 and four.allreduces_per_layer == 2
+    b = BatchShape(2048, 1, [(2048, 0)], [], 1, 200)
+    assert four.layer_time(b) > one.layer_time(b) / 4  # all-reduces are not free
+
+
+def test_roofline_gemm_tile_quantisation():
+    arch = sim_arch(RunConfig())
+    hw = HardwareConfig(peak_tflops=100, mem_bw_gbps=1e6, gemm_tile=128)
+    m = RooflineCosts(arch, "float16", hw)
+    assert m.linear(129) == pytest.approx(m.linear(256))
+    assert m.linear(257) > m.linear(256) * 1.4
+
+
+def test_roofline_a6000_llama13b_against_paper_table2():
+    """Independent check of the preset (not a fit): paper Table 2 on one A6000."""
+    cfg = RunConfig()
+    for k, v in dict(hidden_size=5120, intermediate_size=13824, num_layers=40, num_heads=40, num_kv_heads=40,
+                     vocab_size=32000, max_position_embeddings=4096, dtype="float16").items():
+        setattr(cfg.model, k, v)
+    hw = HardwareConfig(name="a6000", peak_tflops=154.8, mem_bw_gbps=768, flops_efficiency=0.7,
+                        mem_efficiency=0.8, gemm_tile=128, kernel_overhead_us=2.0)
+    m = RooflineCosts(sim_arch(cfg), "float16", hw)
+    prefill = m.stage_times(BatchShape(1024, 1, [(1024, 0)], [], 1, 0), [40]).compute[0]
+    decode = m.stage_times(BatchShape(4, 4, [], [1024] * 4, 4, 0), [40]).compute[0]
+    hybrid = m.stage_times(BatchShape(1024, 4, [(1021, 0)], [1024] * 3, 4, 0), [40]).compute[0]
+    assert prefill == pytest.approx(0.2348, rel=0.3)
+    assert decode == pytest.approx(0.04996, rel=0.3)
+    assert hybrid == pytest.approx(0.2384, rel=0.3)
+
+
+# ---------------------------------------------------------------------------------------
+# Workload and simulate
+# ---------------------------------------------------------------------------------------
+
+
+def test_sim_requests_match_the_real_synthetic_workload():
+    cfg = tiny_cfg(num_requests=50, arrival="poisson", qps=3.0, seed=4)
+    real = load_workload(cfg.workload, 256, (2,))
+    sim = sim_requests(cfg.workload, 256, (2,))
+    assert [(len(r.prompt_token_ids), r.max_tokens, r.arrival_time) for r in real] == \
+        [(len(r.prompt_token_ids), r.max_tokens, r.arrival_time) for r in sim]
+    p = PlaceholderTokens(10, 5)
+    assert p[2:6] == [5] * 4 and (p + [7, 8])[8:12] == [5, 5, 7, 8] and len(p + [1]) == 11
+
+
+def _key_paths(d, prefix=""):
+    out = set()
+    if isinstance(d, dict):
+        for k, v in d.items():
+            out.add(prefix + str(k))
+            if k not in ("config", "sim"):
+                out |= _key_paths(v, prefix + str(k) + ".")
+    elif isinstance(d, list) and d and isinstance(d[0], dict):
+        out |= _key_paths(d[0], prefix + "[].")
+    return out
+
+
+def test_simulate_gives_results_with_the_same_keys_as_a_real_run(tiny_profile, tmp_path, monkeypatch):
+    from pp_sarathi.runtime.serve import prepare, serve_local
+
+    monkeypatch.setenv("PP_SARATHI_CACHE", str(tmp_path / "cache"))
+    cfg = tiny_cfg()
+    real_out = serve_local(prepare(cfg))
+    real = summarize(real_out, {})
+    sim_cfg = copy.deepcopy(cfg)
+    sim_cfg.sim.profile = str(tiny_profile)
+    sim_out = run_simulation(sim_cfg)
+    sim = simulation_results(sim_out, {})
+    assert _key_paths(real) <= _key_paths(sim)
+    assert _key_paths(sim) - _key_paths(real) == {"sim"}
+    # Same scheduler, same workload, timing-independent (static arrivals): same batches, tokens.
+    assert [(b.num_prefill_tokens, b.num_decode_tokens) for b in real_out.batches] == \
+        [(b.num_prefill_tokens, b.num_decode_tokens) for b in sim_out.batches]
+    assert sim["throughput"]["decode_tokens"] == real["throughput"]["decode_tokens"]
+    assert sim["requests"]["finish_reasons"] == {"length": cfg.workload.num_requests}
+    assert all(2 not in s.output_token_ids for s in sim_out.sequences)  # never EOS
+    # Stage records for every stage and micro-batch, compute after receive.
+    assert len(sim_out.stage_records) == len(sim_out.batches)
+    assert sim["wall_s"] > 0 and sim["sim"]["cost_model"]["source"] == "profile"
+
+
+@pytest.mark.parametrize("scheduler", ["orca", "vllm", "ft", "sarathi", "sarathi_serve"])
+def test_simulate_pipeline_every_scheduler(scheduler):
+    cfg = tiny_cfg(num_requests=12)
+    cfg.scheduler.name = scheduler
+    cfg.parallel.pp = 2
+    cfg.hardware = HardwareConfig(name="a100", peak_tflops=312, mem_bw_gbps=2039, gemm_tile=128)
+    out = run_simulation(cfg)
+    res = simulation_results(out, {})
+    assert res["requests"]["finish_reasons"] == {"length": 12}
+    assert len(res["stages"]) == 2 and len(out.stage_records) == 2 * len(out.batches)
+    for r in out.stage_records:
+        assert r.recv_start <= r.recv_end <= r.compute_start <= r.compute_end <= r.send_end
+    assert res["sim"]["cost_model"]["source"] == "roofline"
+
+
+def test_simulate_compare_ratios():
+    cfg = tiny_cfg(num_requests=16)
+    cfg.parallel.pp = 2
+    cfg.hardware = HardwareConfig(name="a100", peak_tflops=312, mem_bw_gbps=2039, gemm_tile=128)
+    summary = simulate_compare(cfg, ["orca", "sarathi"], "orca")
+    assert set(summary["schedulers"]) == {"orca", "sarathi"}
+    r = summary["ratios"]
+    assert {"bubble_total", "bubble_per_request_p50", "throughput"} <= set(r)
+    o, s = summary["schedulers"]["orca"], summary["schedulers"]["sarathi"]
+    assert r["throughput"] == pytest.approx(s["throughput"]["tokens_per_s"] / o["throughput"]["tokens_per_s"])
+    assert r == compare_ratios(summary["schedulers"], "orca", "sarathi")
+
+
+def test_compare_ratios_handles_zero_bubbles():
+    res = {"orca": {"bubble": {"total_s": 2.0, "per_request_ms": {"p50": 4.0}}, "throughput": {"tokens_per_s": 10.0}},
+           "sarathi": {"bubble": {"total_s": 0.0, "per_request_ms": {"p50": 1.0}}, "throughput": {"tokens_per_s": 15.0}}}
+    r = compare_ratios(res, "orca")
+    assert r["bubble_total"] is None and r["bubble_per_request_p50"] == 4.0 and r["throughput"] == 1.5
+
+
+@pytest.mark.slow
+def test_paper_scale_simulation_is_fast():
+    """GPT-3 TP8 x PP8, 10K requests, SARATHI: the simulation itself under 60 s of CPU."""
+    cfg = RunConfig()
+    for k, v in dict(vocab_size=50257, hidden_size=12288, intermediate_size=32768, num_layers=96, num_heads=96,
+                     num_kv_heads=96, max_position_embeddings=4096, dtype="float16").items():
+        setattr(cfg.model, k, v)
+    cfg.hardware = HardwareConfig(name="a100-80gb", peak_tflops=312, mem_bw_gbps=2039, memory_gb=80,
+                                  gemm_tile=128, kernel_overhead_us=2, tp=8, tp_allreduce_bw_gbps=240,
+                                  pp_link_bw_gbps=25)
+    cfg.parallel.pp = 8
+    w = cfg.workload
+    w.num_requests, w.min_len, w.max_len, w.pd_ratio, w.zipf_theta = 10000, 1024, 4096, 10, 0.4
+    cfg.scheduler.name, cfg.scheduler.chunk_size, cfg.scheduler.max_batch_size = "sarathi", 256, 216
+    cfg.scheduler.tile_size = 128
+    t0 = time.process_time()
+    out = run_simulation(cfg)
+    cpu = time.process_time() - t0
+    assert sum(1 for s in out.sequences if s.finish_reason == "length") == 10000
+    assert len(out.stage_records) == 8 * len(out.batches)
+    assert cpu < 60, f"simulation took {cpu:.1f} s of CPU"
+
+
+def test_profile_writes_held_out_errors_next_to_the_csv(tiny_profile):
+    import json
+    errs = json.loads(tiny_profile.with_name("profile_errors.json").read_text())
+    assert {"linear_gate_up", "all"} <= set(errs) and errs["all"]["held_out"] > 10
+
+
+def test_fidelity_rebuilds_the_run_config_from_results(tmp_path):
+    from dataclasses import asdict
+
+    from pp_sarathi.sim.fidelity import run_config_from_dict
+
+    cfg = tiny_cfg(num_requests=9)
+    cfg.scheduler.name, cfg.parallel.pp = "orca", 2
+    back = run_config_from_dict(asdict(cfg))
+    assert back == cfg
