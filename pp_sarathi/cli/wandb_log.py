@@ -14,7 +14,7 @@ import os
 from collections import defaultdict
 from pathlib import Path
 
-from ..metrics.bubbles import account, merge, overlap
+from ..metrics.bubbles import account
 from ..runtime.outcome import RunOutcome
 
 log = logging.getLogger("pp_sarathi")
@@ -56,7 +56,6 @@ def iteration_rows(outcome: RunOutcome) -> list[dict]:
     and per stage compute / recv-wait / send time and the stage's idle gap right before it
     (the pieces of the stage bubble, metrics/bubbles.py)."""
     batches = sorted(outcome.batches, key=lambda b: b.batch_id)
-    inflight = merge([(b.scheduled_at, b.done_at) for b in batches])
     report = account(outcome.stage_records, [(b.scheduled_at, b.done_at) for b in batches],
                      {b.batch_id: b.scheduled_at for b in batches})
     rows: dict[int, dict] = defaultdict(dict)
@@ -70,21 +69,13 @@ def iteration_rows(outcome: RunOutcome) -> list[dict]:
             "iteration/latency_ms": (b.done_at - b.scheduled_at) * 1e3,
             "iteration/bubble_ms": report.batch_bubble_s.get(b.batch_id, 0.0) * 1e3,
         })
-    by_stage: dict[int, list] = defaultdict(list)
     for r in outcome.stage_records:
-        by_stage[r.stage].append(r)
-    for stage, recs in by_stage.items():
-        recs.sort(key=lambda r: r.compute_start)
-        prev_end = None
-        for r in recs:
-            gap = overlap((prev_end, r.compute_start), inflight) if prev_end is not None else 0.0
-            prev_end = r.compute_end
-            rows[r.batch_id].update({
-                f"stage{stage}/compute_ms": (r.compute_end - r.compute_start) * 1e3,
-                f"stage{stage}/recv_wait_ms": (r.recv_end - r.recv_start) * 1e3,
-                f"stage{stage}/send_ms": (r.send_end - r.send_start) * 1e3,
-                f"stage{stage}/bubble_ms": gap * 1e3,
-            })
+        rows[r.batch_id].update({
+            f"stage{r.stage}/compute_ms": (r.compute_end - r.compute_start) * 1e3,
+            f"stage{r.stage}/recv_wait_ms": (r.recv_end - r.recv_start) * 1e3,
+            f"stage{r.stage}/send_ms": (r.send_end - r.send_start) * 1e3,
+            f"stage{r.stage}/bubble_ms": report.stage_gap_s.get((r.stage, r.batch_id), 0.0) * 1e3,
+        })
     return [rows[k] for k in sorted(rows)]
 
 

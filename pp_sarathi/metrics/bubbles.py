@@ -9,6 +9,7 @@
 """
 from __future__ import annotations
 
+import bisect
 from collections import defaultdict
 from dataclasses import dataclass
 
@@ -27,10 +28,31 @@ def merge(intervals: list[Interval]) -> list[Interval]:
     return out
 
 
+class Coverage:
+    """Merged, sorted intervals with prefix sums: how much of any span they cover, in O(log n)."""
+
+    def __init__(self, intervals: list[Interval]):
+        merged = merge(intervals)
+        self._starts = [a for a, _ in merged]
+        self._ends = [b for _, b in merged]
+        self._before = [0.0]  # covered length before interval i
+        for a, b in merged:
+            self._before.append(self._before[-1] + b - a)
+
+    def _upto(self, x: float) -> float:
+        i = bisect.bisect_right(self._starts, x)
+        if i == 0:
+            return 0.0
+        return self._before[i - 1] + min(x, self._ends[i - 1]) - self._starts[i - 1]
+
+    def overlap(self, span: Interval) -> float:
+        s, e = span
+        return max(0.0, self._upto(e) - self._upto(s)) if e > s else 0.0
+
+
 def overlap(span: Interval, merged: list[Interval]) -> float:
-    """Length of ``span`` covered by the (merged, sorted) intervals."""
-    s, e = span
-    return sum(max(0.0, min(e, b) - max(s, a)) for a, b in merged if b > s and a < e)
+    """Length of ``span`` covered by the intervals."""
+    return Coverage(merged).overlap(span)
 
 
 @dataclass
@@ -38,37 +60,40 @@ class BubbleReport:
     stage_bubble_s: dict[int, float]
     stage_span_s: dict[int, float]
     batch_bubble_s: dict[int, float]  # micro-batch id -> bubble summed over stages
+    stage_gap_s: dict[tuple[int, int], float]  # (stage, micro-batch id) -> idle gap right before it
 
 
 def account(records: list[StageRecord], inflight: list[Interval],
             ready_at_stage0: dict[int, float]) -> BubbleReport:
     """``inflight``: per micro-batch (scheduled, done) spans; ``ready_at_stage0``: when each
     micro-batch's plan was ready for the first stage."""
-    busy_pipe = merge(inflight)
+    busy_pipe = Coverage(inflight)
     by_stage: dict[int, list[StageRecord]] = defaultdict(list)
     for r in records:
         by_stage[r.stage].append(r)
     end_at: dict[tuple[int, int], float] = {(r.stage, r.batch_id): r.compute_end for r in records}
     stage_bubble, stage_span = {}, {}
+    stage_gap: dict[tuple[int, int], float] = {}
     batch_bubble: dict[int, float] = defaultdict(float)
     for stage, recs in sorted(by_stage.items()):
         recs.sort(key=lambda r: r.compute_start)
-        busy = merge([(r.compute_start, r.compute_end) for r in recs])
+        busy = Coverage([(r.compute_start, r.compute_end) for r in recs])
         total = 0.0
         for prev, cur in zip([None] + recs[:-1], recs):
             if prev is not None:
-                gap = overlap((prev.compute_end, cur.compute_start), busy_pipe)
+                gap = busy_pipe.overlap((prev.compute_end, cur.compute_start))
+                stage_gap[(stage, cur.batch_id)] = gap
                 total += gap
                 batch_bubble[cur.batch_id] += gap
             ready = (ready_at_stage0.get(cur.batch_id, cur.compute_start) if stage == 0
                      else end_at.get((stage - 1, cur.batch_id), cur.compute_start))
             if cur.compute_start > ready:
-                batch_bubble[cur.batch_id] += overlap((ready, cur.compute_start), busy)
+                batch_bubble[cur.batch_id] += busy.overlap((ready, cur.compute_start))
         stage_bubble[stage] = total
         stage_span[stage] = recs[-1].compute_end - recs[0].compute_start if recs else 0.0
     for r in records:
         batch_bubble.setdefault(r.batch_id, 0.0)
-    return BubbleReport(stage_bubble, stage_span, dict(batch_bubble))
+    return BubbleReport(stage_bubble, stage_span, dict(batch_bubble), stage_gap)
 
 
 def per_request_bubble(report: BubbleReport, members: dict[int, list[int]]) -> dict[int, float]:
