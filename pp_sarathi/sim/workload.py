@@ -2,11 +2,9 @@
 materialising prompt token ids (the simulator never runs a model)."""
 from __future__ import annotations
 
-import numpy as np
-
 from ..config import WorkloadConfig
 from ..workload import Request, load_workload
-from ..workload.synthetic import arrival_times, sample_lengths, split_pd
+from ..workload.synthetic import synthetic_requests
 
 
 class PlaceholderTokens:
@@ -69,26 +67,10 @@ class _Joined:
 
 def sim_requests(cfg: WorkloadConfig, vocab_size: int, eos_token_ids: tuple[int, ...] = ()) -> list[Request]:
     """Synthetic workloads: exactly the lengths and arrivals of
-    :func:`pp_sarathi.workload.synthetic.synthetic_requests` for the same seed (it draws
-    lengths, then arrivals, then prompts), with placeholder prompts. Files (jsonl, trace)
-    go through :func:`pp_sarathi.workload.load_workload` unchanged."""
+    :func:`pp_sarathi.workload.synthetic.synthetic_requests` for the same seed, with
+    placeholder prompts. Files (jsonl, trace) go through :func:`load_workload` unchanged."""
     if cfg.name != "synthetic":
         return load_workload(cfg, vocab_size, eos_token_ids)
-    if cfg.num_requests < 1:
-        raise ValueError("workload.num_requests must be >= 1")
-    if not 2 <= cfg.min_len <= cfg.max_len:
-        raise ValueError(f"need 2 <= workload.min_len <= workload.max_len, got {cfg.min_len}, {cfg.max_len}")
-    if cfg.pd_ratio <= 0:
-        raise ValueError("workload.pd_ratio must be > 0")
-    rng = np.random.default_rng(cfg.seed)
-    lengths = sample_lengths(cfg, rng)
-    arrivals = arrival_times(cfg, rng)
     fill = next(t for t in range(max(1, vocab_size)) if t not in eos_token_ids) if vocab_size else 0
-    # Synthetic lengths are exact (the runtime generates max_tokens whatever is sampled).
-    extra = {"ignore_eos": True} if "ignore_eos" in getattr(Request, "__dataclass_fields__", {}) else {}
-    out = []
-    for i, (total, t) in enumerate(zip(lengths.tolist(), arrivals.tolist())):
-        prompt, decode = split_pd(int(total), cfg.pd_ratio)
-        out.append(Request(id=f"req-{i}", prompt_token_ids=PlaceholderTokens(prompt, fill),  # type: ignore[arg-type]
-                           max_tokens=decode, arrival_time=float(t), index=i, **extra))
-    return out
+    return synthetic_requests(cfg, vocab_size, eos_token_ids,
+                              make_prompt=lambda n: PlaceholderTokens(n, fill))  # type: ignore[arg-type,return-value]

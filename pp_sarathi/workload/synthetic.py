@@ -1,6 +1,8 @@
 """Seeded synthetic workloads: request lengths, P:D split, arrival times, random prompts."""
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 
 from ..config import WorkloadConfig
@@ -53,7 +55,10 @@ def random_prompt(rng: np.random.Generator, length: int, vocab_size: int, avoid:
     return ids.tolist()
 
 
-def synthetic_requests(cfg: WorkloadConfig, vocab_size: int, avoid: tuple[int, ...] = ()) -> list[Request]:
+def synthetic_requests(cfg: WorkloadConfig, vocab_size: int, avoid: tuple[int, ...] = (),
+                       make_prompt: Callable[[int], list[int]] | None = None) -> list[Request]:
+    """Seeded requests; ``make_prompt(n)`` replaces the random prompt ids (the simulator passes
+    placeholders). Lengths and arrivals do not depend on it."""
     if cfg.num_requests < 1:
         raise ValueError("workload.num_requests must be >= 1")
     if not 2 <= cfg.min_len <= cfg.max_len:
@@ -63,9 +68,12 @@ def synthetic_requests(cfg: WorkloadConfig, vocab_size: int, avoid: tuple[int, .
     rng = np.random.default_rng(cfg.seed)
     lengths = sample_lengths(cfg, rng)
     arrivals = arrival_times(cfg, rng)
+    if make_prompt is None:
+        def make_prompt(n: int) -> list[int]:
+            return random_prompt(rng, n, vocab_size, avoid)
     out = []
     for i, (total, t) in enumerate(zip(lengths, arrivals)):
         prompt, decode = split_pd(int(total), cfg.pd_ratio)
-        out.append(Request(id=f"req-{i}", prompt_token_ids=random_prompt(rng, prompt, vocab_size, avoid),
+        out.append(Request(id=f"req-{i}", prompt_token_ids=make_prompt(prompt),
                            max_tokens=decode, arrival_time=float(t), index=i, ignore_eos=True))
     return out
