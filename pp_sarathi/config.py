@@ -32,7 +32,9 @@ class ModelConfig:
 class SchedulerConfig:
     name: str = "sarathi"  # orca, vllm, ft, sarathi, sarathi_serve
     chunk_size: int = 128  # token budget of a batch / prefill chunk size (sarathi, sarathi_serve, vllm)
-    max_batch_size: int = 8  # max requests over all in-flight micro-batches (CPU-sized; paper GPU runs use 18-27)
+    # Max requests over all in-flight micro-batches. 28 = 14 per micro-batch at pp=2, so that the
+    # default P:D 10 sits at chunk/(B-1) = 128/13 like the paper's pipeline setting (256/26).
+    max_batch_size: int = 28
     tile_size: int = 1  # sarathi: round chunk + decodes down to a multiple of this (128 on GPUs)
 
 
@@ -46,7 +48,7 @@ class CacheConfig:
 class WorkloadConfig:
     name: str = "synthetic"  # jsonl, synthetic or trace
     path: Optional[str] = None  # input file for jsonl and trace
-    num_requests: int = 32  # synthetic: how many requests
+    num_requests: int = 64  # synthetic: how many requests
     pd_ratio: float = 10.0  # synthetic: prefill tokens / decode tokens of each request
     length_dist: str = "zipf"  # synthetic: total request length distribution: fixed, uniform, zipf
     zipf_theta: float = 0.4  # synthetic: Zipf skew
