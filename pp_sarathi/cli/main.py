@@ -7,6 +7,8 @@ import sys
 import uuid
 from pathlib import Path
 
+from .sweep import SWEEP
+
 COMMANDS = ("run", "compare", "microbench", "profile", "simulate")
 USAGE = f"""usage: pp-sarathi <command> [hydra overrides ...]
 commands: {', '.join(COMMANDS)}, report SWEEP_DIR
@@ -41,20 +43,6 @@ def register_configs() -> None:
         OmegaConf.register_new_resolver("pp_uid", lambda: token, use_cache=True)
 
 
-# Filled by _task in a multirun so that main() can summarise the sweep when it ends.
-_SWEEP: dict = {}
-
-
-def _sweep_keys(overrides: list[str]) -> set[str]:
-    """Keys the command line sweeps over (``a=1,2``, ``range(...)``, ...)."""
-    try:
-        from hydra.core.override_parser.overrides_parser import OverridesParser
-        return {o.key_or_group for o in OverridesParser.create().parse_overrides(overrides)
-                if o.is_sweep_override()}
-    except Exception:  # noqa: BLE001 - naming only
-        return set()
-
-
 def _error(message: str) -> None:
     """One line on stderr for the user; the same line in the run's main.log (hydra's file
     handler), not on stdout."""
@@ -78,31 +66,21 @@ def _task(cfg) -> None:
     multirun = hc.mode == RunMode.MULTIRUN
     rank0 = int(os.environ.get("RANK", "0")) == 0
     if multirun:
-        _SWEEP.setdefault("dir", str(hc.sweep.dir))
-        _SWEEP["jobs"] = _SWEEP.get("jobs", 0) + 1
-        _SWEEP.setdefault("command", cfg.command)
+        SWEEP.point_started(hc, cfg.command)
     try:
         run_cfg: RunConfig = OmegaConf.to_object(cfg)
         run_cfg.output_dir = run_dir
         cfg_dict = OmegaConf.to_container(cfg, resolve=True)
         cfg_dict["output_dir"] = run_dir
         if multirun:
-            # Sweep points: one wandb group per sweep, each run named by its swept values.
-            wandb_cfg = cfg_dict.setdefault("logging", {}).setdefault("wandb", {})
-            if not wandb_cfg.get("group"):
-                wandb_cfg["group"] = Path(str(hc.sweep.dir)).name
-            if not wandb_cfg.get("name"):
-                swept = _sweep_keys(list(_SWEEP.get("argv", [])))
-                parts = [o for o in hc.overrides.task if o.split("=", 1)[0].lstrip("+~") in swept]
-                wandb_cfg["name"] = ",".join(p.rsplit(".", 1)[-1] if "." in p.split("=", 1)[0] else p
-                                             for p in parts) or f"job{hc.job.num}"
+            SWEEP.name_wandb_run(cfg_dict, hc)
         commands.dispatch(run_cfg, cfg_dict, run_dir)
     except commands.UserError as exc:
         if rank0:
             commands.record_failure(run_dir, str(exc))
         if multirun:  # the failed point is recorded; the sweep goes on
             log.error("sweep point %s failed: %s", hc.job.num, exc)
-            _SWEEP["failed"] = _SWEEP.get("failed", 0) + 1
+            SWEEP.failed += 1
             return
         _error(str(exc))
         sys.exit(2)
@@ -110,26 +88,9 @@ def _task(cfg) -> None:
         if multirun:
             log.exception("sweep point %s failed", hc.job.num)
             commands.record_failure(run_dir, f"{type(exc).__name__}: {exc}")
-            _SWEEP["failed"] = _SWEEP.get("failed", 0) + 1
+            SWEEP.failed += 1
             return
         raise
-
-
-def _finish_sweep() -> None:
-    """After a multirun of run/compare: summarise every point into sweep.csv and plots."""
-    sweep_dir = _SWEEP.get("dir")
-    if not sweep_dir or int(os.environ.get("RANK", "0")) != 0:
-        return
-    failed = _SWEEP.get("failed", 0)
-    print(f"pp-sarathi: sweep finished: {_SWEEP.get('jobs', 0)} points, {failed} failed, in {sweep_dir}",
-          flush=True)
-    if _SWEEP.get("command") in ("run", "compare"):
-        from .report import report_main
-        try:
-            report_main([sweep_dir])
-        except Exception as exc:  # noqa: BLE001 - the sweep itself is done
-            print(f"pp-sarathi: report failed ({exc}); rerun: pp-sarathi report {sweep_dir}",
-                  file=sys.stderr)
 
 
 def main() -> None:
@@ -152,7 +113,7 @@ def main() -> None:
         print("pp-sarathi: error: a sweep (-m) starts fresh stage processes per point; run it "
               "directly, not under torchrun/deepspeed", file=sys.stderr)
         sys.exit(2)
-    _SWEEP["argv"] = [a for a in rest if not a.startswith("-")]
+    SWEEP.argv = [a for a in rest if not a.startswith("-")]
     if int(os.environ.get("RANK", "0")) != 0:
         # Only rank 0 writes files and logs. The other ranks get a scratch run dir: the default
         # runs/<time>-<id> differs per process and hydra would leave an empty dir per rank.
@@ -169,7 +130,7 @@ def main() -> None:
 
     hydra.main(config_path=conf_dir(), config_name="config", version_base=None)(_task)()
     if multirun:
-        _finish_sweep()
+        SWEEP.finish()
 
 
 if __name__ == "__main__":
