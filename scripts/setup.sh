@@ -21,7 +21,7 @@ echo "[setup] creating .venv ($torch_req, extras: $extras)" >&2
 pip=(.venv/bin/python -m pip install -q --disable-pip-version-check)
 "${pip[@]}" "$torch_req"
 # Keep the torch just installed whatever the extras ask for.
-.venv/bin/python -c "import torch; print('torch==' + torch.__version__)" > .venv/constraints.txt
+.venv/bin/python -c "import torch; print('torch==' + torch.__version__)" 2>/dev/null > .venv/constraints.txt
 "${pip[@]}" -c .venv/constraints.txt setuptools wheel
 "${pip[@]}" -c .venv/constraints.txt -e ".[$extras]"
 if [ "$skip_ds" != 1 ]; then
