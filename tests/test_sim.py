@@ -15,7 +15,7 @@ from pp_sarathi.runtime.driver import drive
 from pp_sarathi.scheduler import BatchPlan, ScheduledPart
 from pp_sarathi.sim.config import HardwareConfig
 from pp_sarathi.sim.costmodel import (BatchShape, CostModel, ProfileCosts, RooflineCosts, StageTimes,
-                                      holdout_errors, read_profile, write_profile)
+                                      _stage_shape, holdout_errors, read_profile, write_profile)
 from pp_sarathi.sim.engine import PipelineEngine, SimPipeline, VirtualClock
 from pp_sarathi.sim.simulate import run_simulation, sim_arch, simulate_compare, simulation_results
 from pp_sarathi.sim.workload import PlaceholderTokens, sim_requests
@@ -132,6 +132,51 @@ def test_engine_push_is_fifo_per_stage():
     assert (s0, done) == (2.0, 6.25)
 
 
+def test_engine_with_measured_send_and_receive_costs():
+    """Eager sends: data reaches stage 1 ``hop`` after stage 0's compute; a stage that finds it
+    already there pays ``recv``; every stage is busy ``send`` after computing."""
+    eng = PipelineEngine(2)
+    t = StageTimes([1.0, 2.0], [0.5], 0.25, send=[0.1, 0.2], recv=[0.0, 0.3])
+    s0, done = eng.push(0, 0.0, t)
+    # stage 0 [0,1] + send -> 1.1; stage 1 waits: data at 1 + 0.5 -> [1.5, 3.5], sends until 3.7
+    assert (s0, done) == (1.1, 3.75)
+    s0, done = eng.push(1, s0, t)
+    # stage 0 [1.1, 2.1] -> 2.2; data at 2.6 but stage 1 asks at 3.7: 3.7 + 0.3 -> [4.0, 6.0]
+    assert s0 == pytest.approx(2.2) and done == pytest.approx(6.25)
+    r = [x for x in eng.records if x.stage == 1][1]
+    assert (r.recv_start, r.compute_start, r.send_end) == pytest.approx((3.7, 4.0, 6.2))
+
+
+def test_jitter_is_reproducible_and_keeps_the_batches():
+    def run(jitter, seed):
+        clock = VirtualClock()
+        pipe = SimPipeline(TokensAreSeconds(), [1, 1], clock, jitter=jitter, seed=seed)
+        batches = drive(ScriptedScheduler([1, 2, 3, 2, 1, 4]), pipe, clock)
+        return [(r.stage, r.batch_id, r.compute_start, r.compute_end) for r in pipe.records], \
+            [b.batch_id for b in batches]
+    plain, ids = run(0.0, 0)
+    a, ids_a = run(0.1, 7)
+    assert run(0.1, 7) == (a, ids_a) and ids_a == ids  # same seed, same draws; same micro-batches
+    assert a != plain and run(0.1, 8)[0] != a
+    ratios = [(x[3] - x[2]) / (p[3] - p[2]) for x, p in zip(a, plain)]
+    assert all(0.5 < q < 2.0 for q in ratios) and len(set(ratios)) > 1
+
+
+def test_link_intervals_from_stage_records():
+    from pp_sarathi.metrics.timing import StageRecord
+    from pp_sarathi.runtime.driver import BatchRecord
+    from pp_sarathi.sim.profile import _link_intervals
+
+    # batch 0: stage 1 waits for stage 0 (hop 0.5); batch 1: data there before stage 1 asks (recv 0.2)
+    recs = [StageRecord(0, 0, 0, 0, 0, 1.0, 1.0, 1.1), StageRecord(1, 0, 0.2, 1.5, 1.5, 3.0, 3.0, 3.1),
+            StageRecord(0, 1, 1.1, 1.1, 1.1, 2.0, 2.0, 2.2), StageRecord(1, 1, 3.1, 3.3, 3.3, 5.0, 5.0, 5.2)]
+    batches = [BatchRecord(0, "prefill", 1, 1, 0, 0.0, 3.4, [0]), BatchRecord(1, "prefill", 1, 1, 0, 1.1, 5.5, [1])]
+    iv = _link_intervals(recs, batches, world=2, skip=0)
+    assert iv["hop"] == pytest.approx([0.5]) and iv["recv"] == pytest.approx([0.2])
+    assert iv["send_first"] == pytest.approx([0.1, 0.2]) and iv["send_last"] == pytest.approx([0.1, 0.2])
+    assert iv["ret"] == pytest.approx([0.4])  # batch 0: the driver was waiting (batch 1 sent at 2.2 < 3.0)
+
+
 # ---------------------------------------------------------------------------------------
 # Cost models
 # ---------------------------------------------------------------------------------------
@@ -178,8 +223,11 @@ SHAPES = [BatchShape(1, 1, [], [17], 1, 10), BatchShape(40, 5, [(36, 0)], [5, 9,
 def test_profile_csv_has_device_dtype_and_shape_columns(tiny_profile):
     rows = read_profile(tiny_profile)
     ops = {r["op"] for r in rows}
-    assert {"linear_qkv", "linear_o", "linear_gate_up", "linear_down", "attn_prefill", "attn_decode",
-            "embed", "lm_head", "sample", "overhead", "layer"} <= ops
+    assert {"linear", "attn_prefill", "attn_decode", "embed", "lm_head", "sample", "overhead", "stage"} <= ops
+    stages = [r for r in rows if r["op"] == "stage"]
+    # pp=1: the one stage holds every layer, as the runtime builds it
+    assert {r["stage"] for r in stages} == {"only"} and {r["layers"] for r in stages} == {TINY_SHAPE["num_layers"]}
+    assert {r["layers"] for r in rows if r["op"] in ("linear", "attn_prefill", "attn_decode")} == {TINY_SHAPE["num_layers"]}
     for r in rows:
         assert r["device"] and r["dtype"] == "float32" and r["hidden_size"] == 64 and r["vocab_size"] == 256
         assert r["seconds"] > 0
@@ -196,6 +244,32 @@ def test_cost_model_round_trips_a_profile_csv(tiny_profile, tmp_path):
         assert all(x > 0 for x in ta.compute)
     errs = holdout_errors(tiny_profile)
     assert errs["all"]["held_out"] > 10 and math.isfinite(errs["all"]["mean_abs_rel_err"])
+
+
+def test_profile_misc_is_fitted_to_whole_stage_steps(tiny_profile):
+    m = ProfileCosts.from_csv(tiny_profile, sim_arch(tiny_cfg()))
+    assert m.misc_source == "stage" and len(m._misc) == 2 and m.jitter >= 0
+    for r in read_profile(tiny_profile):
+        if r["op"] == "stage":  # the composition is what a stage step costs
+            assert m.stage_step(_stage_shape(r), r["layers"], r["stage"]) > 0
+
+
+def test_older_profiles_with_per_op_linear_and_layer_rows_still_load(tiny_profile, tmp_path):
+    """Profiles from before the stage-level measurement: four linear ops and ``layer`` rows."""
+    rows = []
+    for r in read_profile(tiny_profile):
+        if r["op"] == "linear":
+            for op in ("linear_qkv", "linear_o", "linear_gate_up", "linear_down"):
+                rows.append({**r, "op": op, "seconds": r["seconds"] / 4})
+        elif r["op"] == "stage":
+            if r["stage"] == "only" and r["prefills"] <= 1:
+                rows.append({**r, "op": "layer", "seconds": r["seconds"] / r["layers"], "layers": 0, "stage": ""})
+        else:
+            rows.append(r)
+    path = write_profile(rows, tmp_path / "old.csv")
+    m = ProfileCosts.from_csv(path, sim_arch(tiny_cfg()))
+    assert m.misc_source == "layer" and not m.measured_transport
+    assert all(x > 0 for x in m.stage_times(SHAPES[1], [1, 1]).compute)
 
 
 def test_profile_shape_mismatch_is_an_error(tiny_profile):
@@ -356,7 +430,7 @@ def test_paper_scale_simulation_is_fast():
 def test_profile_writes_held_out_errors_next_to_the_csv(tiny_profile):
     import json
     errs = json.loads(tiny_profile.with_name("profile_errors.json").read_text())
-    assert {"linear_gate_up", "all"} <= set(errs) and errs["all"]["held_out"] > 10
+    assert {"linear", "stage", "all"} <= set(errs) and errs["all"]["held_out"] > 10
 
 
 def test_fidelity_rebuilds_the_run_config_from_results(tmp_path):
@@ -368,3 +442,29 @@ def test_fidelity_rebuilds_the_run_config_from_results(tmp_path):
     cfg.scheduler.name, cfg.parallel.pp = "orca", 2
     back = run_config_from_dict(asdict(cfg))
     assert back == cfg
+
+
+def test_fidelity_simulates_with_the_callers_sim_settings(tiny_profile, tmp_path, monkeypatch):
+    """A real run's own (resolved) sim.* settings do not choose the cost model's statistic."""
+    import json
+    from dataclasses import asdict
+
+    from pp_sarathi.sim import fidelity
+    from pp_sarathi.sim.config import SimConfig
+
+    cfg = tiny_cfg(num_requests=4)
+    cfg.sim.profile_statistic = "min"  # what the real run happened to be started with
+    real = simulation_results(run_simulation(_with_profile(cfg, tiny_profile)), asdict(cfg))
+    (tmp_path / "results.json").write_text(json.dumps(real))
+    seen = []
+    orig = fidelity.run_simulation
+    monkeypatch.setattr(fidelity, "run_simulation", lambda c: seen.append(copy.deepcopy(c.sim)) or orig(c))
+    rep = fidelity.fidelity_report(tmp_path, tiny_profile, SimConfig(jitter=0.0))
+    assert seen[0].profile_statistic == "median" and seen[0].jitter == 0.0
+    assert rep[cfg.scheduler.name]["error"]["wall_s"] is not None
+
+
+def _with_profile(cfg, profile):
+    c = copy.deepcopy(cfg)
+    c.sim.profile = str(profile)
+    return c

@@ -73,7 +73,7 @@ def simulate_command(cfg: RunConfig, cfg_dict: dict, run_dir: str) -> dict:
         from .fidelity import fidelity_report
         if not cfg.sim.profile:
             raise ValueError("sim.validate_against needs sim.profile (a profile taken on the real run's machine)")
-        report = fidelity_report(cfg.sim.validate_against, cfg.sim.profile)
+        report = fidelity_report(cfg.sim.validate_against, cfg.sim.profile, cfg.sim)
         Path(run_dir).mkdir(parents=True, exist_ok=True)
         (Path(run_dir) / "fidelity.json").write_text(json.dumps(report, indent=2))
         for name, r in report.items():

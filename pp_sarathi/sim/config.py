@@ -32,11 +32,13 @@ class HardwareConfig:
 @dataclass
 class SimConfig:
     profile: Optional[str] = None  # profile CSV (from `profile`); unset = roofline from `hardware`
-    profile_statistic: str = "mean"  # per point: mean of the timed calls (typical, incl. background load) or min
+    profile_statistic: str = "median"  # per point: median of the timed calls (robust to a burst of load), mean or min
     compare: bool = False  # simulate every scheduler of compare.schedulers and write compare.json
     trace_max_batches: int = 400  # trace.json / timeline.* show the first N micro-batches (0 = all)
     driver_blocks_on_stage0: bool = True  # rank 0 computes stage 0 inside submit (as the runtime does)
     schedule_overhead_us: float = 0.0  # virtual time charged for each scheduler call that yields a batch
+    jitter: float = -1.0  # sd of ln(stage compute time) from step to step; -1 = the profile's measurement (roofline: 0)
+    seed: int = 0  # of the jitter draws
     dummy_token_id: int = -1  # token every simulated sample returns; -1 = first id that is not EOS
     progress_every: int = 0  # log progress every N finished requests (0 = off)
     validate_against: Optional[str] = None  # a real run/compare dir: simulate its config, write fidelity.json
@@ -46,4 +48,4 @@ class SimConfig:
     profile_max_context: int = 2048  # largest KV length of the attention sweeps (capped by the model)
     profile_repeats: int = 3  # rounds over the whole sweep; each round times 1 call, or ~10 ms of calls
     profile_p2p: bool = True  # measure gloo send/recv between two local processes
-    profile_corunners: int = 0  # processes keeping a stage busy meanwhile (stages sharing a CPU host); -1 = pp - 1 on CPU
+    profile_corunners: int = -1  # processes running the same measurement meanwhile (the other stages of a pipeline on this host); -1 = pp - 1 on CPU

@@ -4,20 +4,25 @@ A stage's time is composed from per-operation costs, the same decomposition the 
 executes (pp_sarathi/model/llama.py):
 
     per layer:  linear(T)             fused QKV, O, gate/up, down over all T tokens at once
-              + misc(T)               norms, rotary, KV writes, activation, residuals
+              + misc(T)               norms, rotary, KV writes, activation, residuals, Python
               + sum attn_prefill(c, k)  one per multi-token part (chunk c over k cached tokens)
               + attn_decode(b, ...)     all single-token parts together
               + 2 * allreduce(T*h)     only with tensor parallelism
     stage:      layers * per layer + overhead(parts, T)
               + embed(T) on the first stage + lm_head(L) + sample(L) on the last (L = sampled rows)
-    transfer:   p2p(activation bytes) between stages, p2p(token ids) back to rank 0
+    transport:  hop s -> s+1, return to rank 0; with a measured transport also the time a stage
+                is busy sending and taking in data that has already arrived
 
 Two sources for the per-op costs:
 
-* :class:`ProfileCosts` - a CSV measured on this device by :func:`pp_sarathi.sim.profile.run_profile`:
-  piecewise-linear interpolation over token count for the linear-type ops, over the
-  (chunk, cached) and (batch, context) grids for attention, and least-squares fits for the
-  per-batch overhead (parts, tokens) and the per-layer misc ops (tokens).
+* :class:`ProfileCosts` - a CSV measured on this device by :func:`pp_sarathi.sim.profile.run_profile`
+  under the conditions of a pipeline stage (the stage's own layers, so weights stream from
+  memory; co-running stage processes): piecewise-linear interpolation over the token count
+  for the linear layers, over the (chunk, cached) and (batch, context) grids for attention,
+  least squares for the per-batch overhead (parts, tokens) and for misc(T) = a + b*T per
+  layer, fitted to whole measured stage steps (``stage`` rows); the runtime's transport and
+  driver loop (``link_*`` rows) as a + b*tokens + c*parts; the step-to-step spread of stage
+  steps (``jitter``).
 * :class:`RooflineCosts` - FLOPs and bytes of each op against the peak rates in
   :class:`~pp_sarathi.sim.config.HardwareConfig` (max of compute and memory time), with the
   tensor-parallel degree dividing the work and adding ring all-reduces.
@@ -26,7 +31,7 @@ from __future__ import annotations
 
 import bisect
 import csv
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -40,9 +45,10 @@ DTYPE_BYTES = {"float32": 4, "fp32": 4, "bfloat16": 2, "bf16": 2, "float16": 2, 
 # activation, residual adds x2): used for the roofline's launch overhead.
 _MISC_KERNELS = 9
 
-PROFILE_COLUMNS = ["op", "tokens", "chunk", "cached", "batch", "context", "bytes", "seconds", "seconds_min", "repeats",
-                   "device", "dtype", "threads", "hidden_size", "intermediate_size", "num_heads",
-                   "num_kv_heads", "head_dim", "vocab_size", "torch"]
+PROFILE_COLUMNS = ["op", "tokens", "chunk", "cached", "batch", "context", "bytes", "prefills", "layers", "stage",
+                   "jitter", "seconds", "seconds_mean", "seconds_min", "repeats", "device", "dtype", "threads", "hidden_size",
+                   "intermediate_size", "num_heads", "num_kv_heads", "head_dim", "vocab_size", "torch"]
+LINEAR_OPS = ("linear_qkv", "linear_o", "linear_gate_up", "linear_down")
 SHAPE_COLUMNS = ["hidden_size", "intermediate_size", "num_heads", "num_kv_heads", "vocab_size"]
 
 
@@ -85,14 +91,19 @@ class BatchShape:
 @dataclass
 class StageTimes:
     compute: list[float]  # seconds per stage
-    transfer: list[float]  # seconds for the hop stage s -> s+1 (len = stages - 1)
-    ret: float  # sampled tokens from the last stage back to rank 0 (0 when pp = 1)
+    transfer: list[float]  # hop s -> s+1: upstream compute end -> downstream compute start when it waits (len = stages - 1)
+    ret: float  # last stage's compute end -> the driver has the sampled tokens (0 when pp = 1)
+    send: list[float] = field(default_factory=list)  # per stage: busy posting its output after computing (default 0)
+    recv: list[float] = field(default_factory=list)  # per stage: taking in data that is already there (default 0)
 
 
 class CostModel:
     """Composes per-op costs into per-stage times; subclasses provide the ops."""
 
     source = "base"
+    # Step-to-step variation of a stage's compute time: standard deviation of its logarithm
+    # (measured by a profile; 0 = deterministic).
+    jitter = 0.0
 
     def __init__(self, arch: ModelArch, dtype: str):
         self.arch = arch
@@ -145,6 +156,20 @@ class CostModel:
     def return_time(self, b: BatchShape) -> float:
         return self.p2p(16) + self.p2p(8 * b.num_parts)
 
+    def send_time(self, b: BatchShape, position: str) -> float:
+        """Time a stage (``position``: first, mid or last) is busy handing its output to the
+        transport after computing (0: asynchronous sends cost nothing)."""
+        return 0.0
+
+    def recv_time(self, b: BatchShape) -> float:
+        """Time a stage needs to take in a micro-batch whose data has already arrived."""
+        return 0.0
+
+    @property
+    def measured_transport(self) -> bool:
+        """Sends are eager with measured receive costs (else: one rendezvous per hop)."""
+        return False
+
     def stage_times(self, b: BatchShape, layers: list[int]) -> StageTimes:
         per_layer = self.layer_time(b)
         over = self.overhead(b.num_parts, b.num_tokens)
@@ -156,7 +181,11 @@ class CostModel:
         if n == 1:
             return StageTimes(compute, [], 0.0)
         hop = self.hop_time(b)
-        return StageTimes(compute, [hop] * (n - 1), self.return_time(b))
+        if not self.measured_transport:
+            return StageTimes(compute, [hop] * (n - 1), self.return_time(b))
+        mid = self.send_time(b, "mid") if n > 2 else 0.0
+        send = [self.send_time(b, "first")] + [mid] * (n - 2) + [self.send_time(b, "last")]
+        return StageTimes(compute, [hop] * (n - 1), self.return_time(b), send, [0.0] + [self.recv_time(b)] * (n - 1))
 
     def describe(self) -> dict:
         return {"source": self.source, "dtype": self.dtype}
@@ -342,26 +371,30 @@ def _overhead_feats(parts, tokens):
     return [1.0, parts, tokens]
 
 
-def read_profile(path: str | Path, statistic: str = "mean") -> list[dict]:
-    """Rows of a profile CSV; ``statistic="min"`` makes ``seconds`` the fastest call
-    (``seconds_min``) instead of the mean over all timed calls."""
-    if statistic not in ("mean", "min"):
-        raise ValueError(f"profile statistic must be mean or min, not {statistic!r}")
+def read_profile(path: str | Path, statistic: str = "median") -> list[dict]:
+    """Rows of a profile CSV. ``seconds`` is each point's ``median`` timed call (the default),
+    or with ``statistic="mean"`` / ``"min"`` the mean (``seconds_mean``) / fastest call
+    (``seconds_min``). Profiles written before ``seconds_mean`` existed stored the mean in
+    ``seconds``."""
+    if statistic not in ("median", "mean", "min"):
+        raise ValueError(f"profile statistic must be median, mean or min, not {statistic!r}")
     rows = []
     with open(path, newline="") as f:
         for r in csv.DictReader(f):
-            for k in ("tokens", "chunk", "cached", "batch", "context", "bytes", "repeats", "threads",
+            for k in ("tokens", "chunk", "cached", "batch", "context", "bytes", "prefills", "layers", "repeats", "threads",
                       "hidden_size", "intermediate_size", "num_heads", "num_kv_heads", "head_dim", "vocab_size"):
-                if r.get(k) not in (None, ""):
-                    r[k] = int(float(r[k]))
+                r[k] = int(float(r[k])) if r.get(k) not in (None, "") else 0
+            r["stage"] = r.get("stage") or ""
             r["seconds"] = float(r["seconds"])
-            r["seconds_min"] = float(r["seconds_min"]) if r.get("seconds_min") not in (None, "") else r["seconds"]
+            r["jitter"] = float(r["jitter"]) if r.get("jitter") not in (None, "") else 0.0
+            for k in ("seconds_min", "seconds_mean"):
+                r[k] = float(r[k]) if r.get(k) not in (None, "") else r["seconds"]
             rows.append(r)
     if not rows:
         raise ValueError(f"profile {path} has no rows")
-    if statistic == "min":
+    if statistic != "median":
         for r in rows:
-            r["seconds"] = r["seconds_min"]
+            r["seconds"] = r["seconds_min" if statistic == "min" else "seconds_mean"]
     return rows
 
 
@@ -403,7 +436,10 @@ class ProfileCosts(CostModel):
             rs = need(op)
             return Interp1D([r[key] for r in rs], [r["seconds"] for r in rs])
 
-        self._linear = {op: interp(op) for op in ("linear_qkv", "linear_o", "linear_gate_up", "linear_down")}
+        if "linear" in by:  # per layer, measured in execution order over a stage's layers
+            self._linear = {"linear": interp("linear")}
+        else:  # older profiles: the four ops timed one by one
+            self._linear = {op: interp(op) for op in LINEAR_OPS}
         self._embed = interp("embed")
         self._lm_head = interp("lm_head")
         self._sample = interp("sample")
@@ -415,18 +451,55 @@ class ProfileCosts(CostModel):
         self._overhead = LinearFit([_overhead_feats(r["batch"], r["tokens"]) for r in rs],
                                    [r["seconds"] for r in rs], ["const", "parts", "tokens"])
         self._p2p = interp("p2p", "bytes") if "p2p" in by else None
-        # misc(T) = measured full layer - linear - attention, fitted as a + b*T.
-        layer_rows = by.get("layer", [])
-        if layer_rows:
+        # The runtime's own transport and driver loop (link_* rows, measured between stage
+        # processes that compute meanwhile): heavy-tailed, so their mean is used.
+        self._link = {}
+        for op, rs in by.items():
+            if op.startswith("link_") and rs:
+                ys = [r["seconds_mean"] for r in rs]
+                if len({(r["tokens"], r["batch"]) for r in rs}) >= 4:
+                    self._link[op[5:]] = LinearFit([[1.0, r["tokens"], r["batch"]] for r in rs], ys,
+                                                   ["const", "tokens", "parts"])
+                else:
+                    self._link[op[5:]] = LinearFit([[1.0] for _ in rs], ys, ["const"])
+        # misc(T) = a + b*T per layer: what whole measured stage steps (or, in older profiles,
+        # whole decoder layers) cost beyond the composed linear, attention, overhead and
+        # embedding / LM head / sampling ops; fitted by least squares relative to the step time.
+        self._misc = None
+        self.misc_source = None
+        if by.get("stage"):
+            feats, ys, ws = [], [], []
+            for r in by["stage"]:
+                b, n = _stage_shape(r), max(1, r["layers"])
+                rest = self._stage_without_misc(b, n, r["stage"])
+                feats.append([n, n * b.num_tokens])
+                ys.append(r["seconds"] - rest)
+                ws.append(1.0 / max(r["seconds"], 1e-9))
+            self._misc = _weighted_lstsq(feats, ys, ws)
+            self.misc_source = "stage"
+            js = [r["jitter"] for r in by["stage"] if r["jitter"] > 0]
+            self.jitter = float(np.sqrt(np.mean(np.square(js)))) if js else 0.0
+        elif by.get("layer"):
             xs, ys = [], []
-            for r in layer_rows:
+            for r in by["layer"]:
                 b = _layer_shape(r)
-                rest = sum(f(b.num_tokens) for f in self._linear.values()) + self._attn(b)
+                rest = self.linear(b.num_tokens) + self._attn(b)
                 xs.append([1.0, b.num_tokens])
                 ys.append(max(r["seconds"] - rest, 1e-7))
-            self._misc = LinearFit(xs, ys, ["const", "tokens"])
-        else:
-            self._misc = None
+            self._misc = LinearFit(xs, ys, ["const", "tokens"]).coef
+            self.misc_source = "layer"
+
+    def _stage_without_misc(self, b: BatchShape, layers: int, kind: str) -> float:
+        t = layers * (self.linear(b.num_tokens) + self._attn(b)) + self.overhead(b.num_parts, b.num_tokens)
+        if kind in ("first", "only"):
+            t += self.embed(b.num_tokens)
+        if kind in ("last", "only") and b.num_sampled:
+            t += self.lm_head(b.num_sampled) + self.sample(b.num_sampled)
+        return t
+
+    def stage_step(self, b: BatchShape, layers: int, kind: str) -> float:
+        """A whole stage step as :meth:`stage_times` composes it (``kind``: first, middle, last, only)."""
+        return self._stage_without_misc(b, layers, kind) + layers * self.misc(b.num_tokens)
 
     def _attn(self, b: BatchShape) -> float:
         c = sum(self.attn_prefill(ch, ca) for ch, ca in b.prefills)
@@ -436,7 +509,7 @@ class ProfileCosts(CostModel):
 
     @classmethod
     def from_csv(cls, path: str | Path, arch: ModelArch | None = None, dtype: str | None = None,
-                 check_shape: bool = True, statistic: str = "mean") -> "ProfileCosts":
+                 check_shape: bool = True, statistic: str = "median") -> "ProfileCosts":
         rows = read_profile(path, statistic)
         first = rows[0]
         if arch is None:
@@ -454,7 +527,12 @@ class ProfileCosts(CostModel):
         return sum(f(t) for f in self._linear.values())
 
     def misc(self, t: int) -> float:
-        return self._misc(1.0, t) if self._misc else 0.0
+        if not self._misc:
+            return 0.0
+        a, b = self._misc
+        # The fitted remainder may be negative (the composed ops already over-count a little);
+        # it never takes more than half of the linear layers' time away.
+        return max(a + b * t, -0.5 * self.linear(t))
 
     def attn_prefill(self, chunk: int, cached: int) -> float:
         return self._prefill(chunk, cached)
@@ -478,9 +556,56 @@ class ProfileCosts(CostModel):
     def p2p(self, nbytes: int) -> float:
         return self._p2p(nbytes) if self._p2p else 0.0
 
+    def _link_cost(self, name: str, b: BatchShape) -> float | None:
+        f = self._link.get(name)
+        if f is None:
+            return None
+        return f(1.0, b.num_tokens, b.num_parts) if len(f.coef) == 3 else f(1.0)
+
+    def hop_time(self, b: BatchShape) -> float:
+        t = self._link_cost("hop", b)
+        if t is None and "recv" in self._link:  # no waiting stage was seen: posting + taking in
+            t = self._link_cost("send_first", b) + self._link_cost("recv", b)
+        return super().hop_time(b) if t is None else t
+
+    def return_time(self, b: BatchShape) -> float:
+        t = self._link_cost("ret", b)
+        return super().return_time(b) if t is None else t
+
+    def send_time(self, b: BatchShape, position: str) -> float:
+        t = self._link_cost(f"send_{position}", b)
+        if t is None:
+            t = self._link_cost("send_first", b)
+        return t or 0.0
+
+    def recv_time(self, b: BatchShape) -> float:
+        return self._link_cost("recv", b) or 0.0
+
+    @property
+    def measured_transport(self) -> bool:
+        return "recv" in self._link
+
     def describe(self) -> dict:
         return {"source": self.source, "profile": self.path, "device": self.device, "dtype": self.dtype,
-                "threads": self.threads}
+                "threads": self.threads, "misc_per_layer": {"from": self.misc_source, "coef_s": self._misc},
+                "jitter": self.jitter}
+
+
+def _weighted_lstsq(feats, ys, ws) -> list[float]:
+    a = np.asarray(feats, dtype=np.float64)
+    w = np.asarray(ws, dtype=np.float64)
+    coef, *_ = np.linalg.lstsq(a * w[:, None], np.asarray(ys, dtype=np.float64) * w, rcond=None)
+    return [float(c) for c in coef]
+
+
+def _stage_shape(r: dict) -> BatchShape:
+    """A ``stage`` profile row: ``prefills`` chunks (chunk over cached) plus ``batch`` decodes at
+    ``context``; every part samples (as a micro-batch of final chunks and decodes)."""
+    n_pre = (r.get("prefills") or 1) if r["chunk"] else 0
+    prefills = [(r["chunk"], r["cached"])] * n_pre
+    decodes = [r["context"]] * r["batch"]
+    parts = n_pre + r["batch"]
+    return BatchShape(r["chunk"] * n_pre + r["batch"], parts, prefills, decodes, parts, 0)
 
 
 def _layer_shape(r: dict) -> BatchShape:
@@ -504,7 +629,7 @@ def arch_from_profile(r: dict) -> ModelArch:
 
 def _pred_row(m: ProfileCosts, r: dict) -> float | None:
     op = r["op"]
-    if op.startswith("linear_"):
+    if op == "linear" or op in LINEAR_OPS:
         return m._linear[op](r["tokens"])
     if op == "attn_prefill":
         return m.attn_prefill(r["chunk"], r["cached"])
@@ -520,13 +645,17 @@ def _pred_row(m: ProfileCosts, r: dict) -> float | None:
         return m.overhead(r["batch"], r["tokens"])
     if op == "p2p":
         return m.p2p(r["bytes"])
+    if op.startswith("link_"):
+        return m._link_cost(op[5:], BatchShape(r["tokens"], r["batch"], [], [], r["batch"], 0))
     if op == "layer":
         b = _layer_shape(r)
         return m.linear(b.num_tokens) + m.misc(b.num_tokens) + m._attn(b)
+    if op == "stage":
+        return m.stage_step(_stage_shape(r), max(1, r["layers"]), r["stage"])
     return None
 
 
-def holdout_errors(path_or_rows, arch: ModelArch | None = None, every: int = 3, statistic: str = "mean") -> dict:
+def holdout_errors(path_or_rows, arch: ModelArch | None = None, every: int = 3, statistic: str = "median") -> dict:
     """Fit on all profile rows but every ``every``-th one of each op (interior points for the
     interpolated ops), predict the held-out rows, and report relative errors per op.
 
@@ -550,8 +679,8 @@ def holdout_errors(path_or_rows, arch: ModelArch | None = None, every: int = 3, 
                 if rows[i][kx] not in (xs[0], xs[-1]) and rows[i][ky] not in (ys[0], ys[-1]):
                     inner.append(i)
             cand = inner[::every]
-        elif op in ("overhead", "layer"):
-            cand = idx[1::2] if op == "layer" else idx[1::every]
+        elif op in ("overhead", "layer", "stage") or op.startswith("link_"):
+            cand = idx[1::2] if op in ("layer", "stage") else idx[1::every]
         else:  # interpolated in one dimension: interior points only (no extrapolation test)
             key = "bytes" if op == "p2p" else "tokens"
             order = sorted(idx, key=lambda i: rows[i][key])

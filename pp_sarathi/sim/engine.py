@@ -4,15 +4,22 @@ own driver loop (:func:`pp_sarathi.runtime.driver.drive`).
 Model of the runtime (runtime/pipeline.py), one FIFO server per stage:
 
 * rank 0 is the driver *and* stage 0: ``submit`` computes stage 0 and hands the activations
-  to an asynchronous send; with ``driver_blocks_on_stage0`` the driver's clock advances by
-  that compute (as on the CPU runtime), otherwise submit returns at once (an asynchronous
-  device queue).
-* stage s > 0 posts its receive as soon as it has sent the previous micro-batch; the
-  transfer starts when both the data (upstream compute end) and the receive are there:
-  ``recv_end = max(recv_start, upstream compute_end) + hop``; then it computes and sends on
-  (asynchronous sends: ``send_end = compute_end``).
+  to an asynchronous send (busy ``send`` for posting it); with ``driver_blocks_on_stage0``
+  the driver's clock advances by that compute (as on the CPU runtime), otherwise submit
+  returns at once (an asynchronous device queue).
+* stage s > 0 posts its receive as soon as it has sent the previous micro-batch. With a
+  measured transport (a profile's ``link_*`` rows: eager sends) the data arrives ``hop``
+  after the upstream compute ends, and a stage that finds it already there takes ``recv``
+  to take it in: ``recv_end = max(recv_start + recv, upstream compute_end + hop)``; without
+  one (roofline, older profiles) the transfer starts once both the data and the receive are
+  there: ``recv_end = max(recv_start, upstream compute_end) + hop``. Then it computes and is
+  busy ``send`` passing the result on.
 * the last stage returns the sampled tokens to rank 0; ``collect`` blocks the driver until
-  ``last compute_end + return hop``.
+  ``last compute_end + return``.
+* ``jitter`` > 0: every stage's compute time of every micro-batch is drawn log-normally
+  around the modelled (median) time, independently, from a seeded generator (a profile
+  measures this step-to-step spread; it is what makes real pipelines idle more than
+  constant step times would).
 
 Micro-batches go through every stage in submission order, so each event of micro-batch k
 on stage s depends only on micro-batch k-1 on stage s and micro-batch k on stage s-1; the
@@ -21,6 +28,8 @@ priority queue needed, O(stages) per micro-batch).
 """
 from __future__ import annotations
 
+import math
+import random
 from collections import deque
 
 from ..metrics.timing import StageRecord
@@ -74,21 +83,30 @@ class PipelineEngine:
         when its sampled tokens reach rank 0).
         """
         free, comp, hops = self.free, times.compute, times.transfer
+        send = times.send  # empty: sends cost the sender nothing
+        recv = times.recv  # measured receive costs: eager sends; none: a rendezvous per hop
         rec = self.records.append if self.keep_records else None
         start = ready if ready > free[0] else free[0]
         end = start + comp[0]
-        free[0] = end
+        sent = end + send[0] if send else end
+        free[0] = sent
         if rec:
-            rec(StageRecord(0, batch_id, start, start, start, end, end, end))
-        stage0_done = avail = end
+            rec(StageRecord(0, batch_id, start, start, start, end, end, sent))
+        stage0_done = sent
+        avail = end
         for s in range(1, self.num_stages):
             r0 = free[s]
-            r1 = (r0 if r0 > avail else avail) + hops[s - 1]
+            if recv:
+                own = r0 + recv[s]  # the data is already there: taking it in
+                arrive = avail + hops[s - 1]  # waiting for the upstream stage
+                r1 = own if own > arrive else arrive
+            else:  # the transfer starts once both the data and the receive are there
+                r1 = (r0 if r0 > avail else avail) + hops[s - 1]
             c1 = r1 + comp[s]
-            free[s] = c1
+            free[s] = c1 + send[s] if send else c1
             avail = c1
             if rec:
-                rec(StageRecord(s, batch_id, r0, r1, r1, c1, c1, c1))
+                rec(StageRecord(s, batch_id, r0, r1, r1, c1, c1, free[s]))
         return stage0_done, avail + times.ret
 
 
@@ -97,7 +115,8 @@ class SimPipeline:
 
     def __init__(self, cost: CostModel, layers_per_stage: list[int], clock: VirtualClock,
                  dummy_token: int = 0, driver_blocks_on_stage0: bool = True,
-                 schedule_overhead_s: float = 0.0, keep_records: bool = True, block_size: int = 16):
+                 schedule_overhead_s: float = 0.0, keep_records: bool = True, block_size: int = 16,
+                 jitter: float = 0.0, seed: int = 0):
         self.cost = cost
         self.layers = list(layers_per_stage)
         self.num_stages = len(self.layers)
@@ -109,9 +128,21 @@ class SimPipeline:
         self._inflight: deque[tuple[float, list]] = deque()
         self.busy_s = [0.0] * self.num_stages
         self.block_size = block_size  # of the runtime's cache: sizes the plan metadata on the wire
+        self.jitter = jitter
+        self._rng = random.Random(seed)
+        self.model_compute: dict[int, list[float]] = {}  # batch id -> modelled compute per stage (before jitter)
 
     def times(self, plan: BatchPlan) -> StageTimes:
-        return self.cost.stage_times(BatchShape.from_plan(plan, self.block_size), self.layers)
+        t = self.cost.stage_times(BatchShape.from_plan(plan, self.block_size), self.layers)
+        if self.engine.keep_records:
+            self.model_compute[plan.id] = t.compute
+        if self.jitter > 0:
+            # Every stage's step varies independently from one micro-batch to the next
+            # (log-normal around the modelled median time).
+            g = self._rng.gauss
+            t = StageTimes([c * math.exp(self.jitter * g(0.0, 1.0)) for c in t.compute], t.transfer, t.ret,
+                           t.send, t.recv)
+        return t
 
     def submit(self, plan: BatchPlan) -> None:
         times = self.times(plan)

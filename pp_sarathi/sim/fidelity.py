@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..config import RunConfig
+from .config import SimConfig
 from .simulate import run_simulation, simulation_results
 
 
@@ -44,11 +45,14 @@ def _rel(sim: float | None, real: float | None) -> float | None:
     return sim / real - 1.0
 
 
-def _one(run_dir: Path, profile: str) -> dict:
+def _one(run_dir: Path, profile: str, sim_cfg: SimConfig | None) -> dict:
     real = json.loads((run_dir / "results.json").read_text())
     cfg = run_config_from_dict(real.get("config") or {})
+    # The simulation settings are the caller's (not whatever the real run was started with).
+    cfg.sim = dataclasses.replace(sim_cfg) if sim_cfg is not None else SimConfig()
     cfg.sim.profile = str(profile)
     cfg.sim.compare = False
+    cfg.sim.validate_against = None
     out = run_simulation(cfg)
     sim = simulation_results(out, {})
     report = {
@@ -62,13 +66,18 @@ def _one(run_dir: Path, profile: str) -> dict:
                 "bubble_per_request_p50_ms": sim["bubble"]["per_request_ms"]["p50"],
                 "compute_s": [s["compute_s"] for s in sim["stages"]]},
     }
+    report["cost_model"] = sim["sim"].get("cost_model")
+    report["jitter"] = sim["sim"].get("jitter")
     report["error"] = {k: _rel(report["sim"][k], report["real"][k])
                        for k in ("wall_s", "tokens_per_s", "bubble_total_s", "bubble_per_request_p50_ms")}
     report["error"]["compute_s"] = [_rel(a, b) for a, b in zip(report["sim"]["compute_s"], report["real"]["compute_s"])]
     tl = run_dir / "timeline.json"
     if tl.exists():
         t = json.loads(tl.read_text())
-        sim_rec = {(r.stage, r.batch_id): r.compute_end - r.compute_start for r in out.stage_records}
+        # The cost model's own prediction per stage and micro-batch (before any jitter draw).
+        model = getattr(out, "model_compute", None) or {}
+        sim_rec = {(s, bid): c for bid, cs in model.items() for s, c in enumerate(cs)} or {
+            (r.stage, r.batch_id): r.compute_end - r.compute_start for r in out.stage_records}
         real_b = {b["batch_id"]: (b["num_prefill_tokens"], b["num_decode_tokens"]) for b in t["batches"]}
         sim_b = {b.batch_id: (b.num_prefill_tokens, b.num_decode_tokens) for b in out.batches}
         errs = [sim_rec[(r["stage"], r["batch_id"])] / (r["compute_end"] - r["compute_start"]) - 1.0
@@ -83,10 +92,13 @@ def _one(run_dir: Path, profile: str) -> dict:
     return report
 
 
-def fidelity_report(real_dir: str | Path, profile: str | Path) -> dict:
-    """Errors (sim / real - 1) of throughput, wall time and bubbles per scheduler."""
+def fidelity_report(real_dir: str | Path, profile: str | Path, sim_cfg: SimConfig | None = None) -> dict:
+    """Errors (sim / real - 1) of throughput, wall time and bubbles per scheduler.
+
+    ``sim_cfg``: the simulation settings (profile statistic, jitter, seed...; default: the
+    defaults); the workload, scheduler, model and parallelism are the real run's."""
     d = Path(real_dir)
     if (d / "compare.json").exists():
         names = list(json.loads((d / "compare.json").read_text())["schedulers"])
-        return {name: _one(d / name, str(profile)) for name in names}
-    return {json.loads((d / "results.json").read_text())["config"]["scheduler"]["name"]: _one(d, str(profile))}
+        return {name: _one(d / name, str(profile), sim_cfg) for name in names}
+    return {json.loads((d / "results.json").read_text())["config"]["scheduler"]["name"]: _one(d, str(profile), sim_cfg)}

@@ -1,28 +1,36 @@
-"""Measure per-operation costs of the configured model shape on this device -> CSV.
+"""Measure the costs of the configured model on this device, the way a pipeline stage runs it -> CSV.
 
-The operations are the runtime's own modules and functions with random weights
-(pp_sarathi/model/llama.py ``DecoderLayer`` and ``StageModel``, kv_cache.py
-``build_attention_metadata``, runtime/sampler.py ``Sampler``), so the profile measures what
-a stage executes:
+Everything runs the runtime's own code with random weights: the pipeline's stages are built
+as real :class:`~pp_sarathi.model.llama.StageModel` s with the stage's real layer count (the
+``parallel.pp`` / ``parallel.partition`` split) and a KV cache laid out as the block manager
+lays it out, on ``cfg.device`` with the thread count a stage gets (``cores / parallel.pp``).
+On a CPU host ``pp - 1`` co-running processes (``sim.profile_corunners=-1``) execute the very
+same measurement at the same time, as the other stages of a pipeline on the same host do.
 
-=================  ==========================  =====================================
-op                 swept over                  what runs
-=================  ==========================  =====================================
-linear_qkv/o/      tokens                      ``layer.qkv_proj`` ... ``layer.down_proj``
-gate_up/down
-attn_prefill       chunk, cached               ``layer._attention`` for one chunk over cached KV
-attn_decode        batch, context              ``layer._attention`` for ``batch`` decodes
-embed              tokens                      ``model.embed_tokens``
-lm_head            tokens (= sampled rows)     ``model.lm_head(model.norm(x)).float()``
+=================  ==========================  ==========================================
+op                 swept over                  what runs (per call)
+=================  ==========================  ==========================================
+linear             tokens                      the 4 fused linear layers of every layer of
+                                               the first stage, in execution order (seconds
+                                               per layer: weights stream from memory as in
+                                               a stage step)
+attn_prefill       chunk, cached               ``DecoderLayer._attention`` of every layer of
+                                               the stage over its own KV pool (per layer)
+attn_decode        batch, context              the same for ``batch`` decodes
+embed              tokens                      ``embed_tokens`` (cache flushed first)
+lm_head            tokens (= sampled rows)     ``lm_head(norm(x)).float()`` (cache flushed)
 sample             tokens (= sampled rows)     ``Sampler(cfg.sampling)``
 overhead           batch (= parts), tokens     ``build_attention_metadata`` + rotary gather
-layer              chunk, cached, batch,       a whole ``DecoderLayer.forward`` on a mixed
-                   context                     batch (validates the additive model)
+stage              chunk x prefills, cached,   a whole ``StageExecutor.step`` of the first /
+                   batch (decodes), context    middle / last stage (``stage``, ``layers``)
 p2p                bytes                       gloo send/recv between two local processes
                                                (ping-pong / 2), as the transport sends
-=================  ==========================  =====================================
+=================  ==========================  ==========================================
 
-Every row also carries device, dtype, threads and the model shape.
+The ``stage`` rows are what a pipeline stage really costs; the cost model composes the ops
+and fits the per-layer remainder (norms, rotary, KV writes, activation, residuals, Python)
+to them (pp_sarathi/sim/costmodel.py). Every row also carries device, dtype, threads and the
+model shape.
 """
 from __future__ import annotations
 
@@ -30,10 +38,14 @@ import dataclasses
 import json
 import logging
 import os
+import select
 import statistics
+import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
 
@@ -41,20 +53,27 @@ from ..config import RunConfig
 from ..model.kv_cache import PartSpec, build_attention_metadata
 from ..model.llama import StageModel
 from ..model.loader import parse_dtype
+from ..runtime.executor import StageExecutor
+from ..runtime.partition import layer_counts, layer_ranges
 from ..runtime.sampler import Sampler
 from ..runtime.setup import pick_device
+from ..scheduler.batch import ScheduledPart
 from .costmodel import holdout_errors, write_profile
 
 log = logging.getLogger("pp_sarathi")
 
-TOKEN_GRID = [1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 256, 320, 384, 512, 640, 768, 1024,
-              1536, 2048, 3072, 4096, 6144, 8192]
-CHUNK_GRID = [8, 16, 32, 64, 128, 256, 384, 512, 768, 1024, 2048]
-CACHED_GRID = [0, 64, 128, 256, 512, 1024, 1536, 2048, 3072, 4096, 8192]
+# Token counts of the linear sweep: every count up to 48 (small GEMMs are not monotonic in the
+# row count on CPUs: 3 rows can cost more than 4), then a step of 5 (so that interpolation
+# averages over the row-blocking residues), then coarser.
+TOKEN_GRID = (list(range(1, 49)) + list(range(53, 161, 5))
+              + [177, 206, 256, 320, 384, 512, 768, 1024, 1536, 2048, 3072, 4096, 6144, 8192])
+CHUNK_GRID = [8, 32, 64, 128, 256, 512, 1024, 2048]
+CACHED_GRID = [0, 128, 256, 512, 1024, 2048, 4096, 8192]
 DECODE_BATCH_GRID = [1, 2, 4, 8, 16, 32, 64]
 CONTEXT_GRID = [16, 64, 128, 256, 512, 1024, 2048, 4096, 8192]
 ROWS_GRID = [1, 2, 4, 8, 16, 32, 64, 128]
 P2P_BYTES = [16, 256, 4096, 65536, 262144, 1 << 20, 4 << 20, 16 << 20]
+STAGE_WEIGHT_BYTES = 3 << 30  # at most this much weight per profiled stage (layers are capped)
 
 
 class _Timer:
@@ -65,27 +84,33 @@ class _Timer:
         if self.cuda:
             torch.cuda.synchronize()
 
-    def _once(self, fn) -> float:
+    def _once(self, fn, flush=None) -> float:
+        if flush is not None:
+            flush()
         self._sync()
         t0 = time.perf_counter()
         fn()
         self._sync()
         return time.perf_counter() - t0
 
-    def sample(self, fn, budget_s: float = 0.01, max_calls: int = 25) -> list[float]:
-        """Seconds of one call of ``fn``, or of as many calls as fit ``budget_s`` (up to ``max_calls``)."""
-        first = self._once(fn)
-        n = min(max_calls, int(budget_s / max(first, 1e-7)))
-        return [first] + [self._once(fn) for _ in range(n)]
+    def sample(self, fn, flush=None, budget_s: float = 0.02, max_calls: int = 25, min_calls: int = 1) -> list[float]:
+        """Seconds of ``min_calls`` consecutive calls of ``fn``, or of as many as fit ``budget_s``
+        (up to ``max_calls``)."""
+        first = self._once(fn, flush)
+        n = max(min_calls - 1, min(max_calls if flush is None else 2, int(budget_s / max(first, 1e-7))))
+        return [first] + [self._once(fn, flush) for _ in range(n)]
 
 
-def _random_stage(arch, dtype: torch.dtype, device: torch.device) -> StageModel:
-    """A one-layer first+last stage of ``arch``'s shape, random weights, built on ``device``."""
-    one = dataclasses.replace(arch, num_layers=1)
+def _random_stage(arch, dtype: torch.dtype, device: torch.device, start: int = 0, end: int | None = None
+                  ) -> StageModel:
+    """Layers ``[start, end)`` of ``arch`` as a stage with random weights, built on ``device``
+    (default: a one-layer first+last stage)."""
+    if end is None:
+        arch, start, end = dataclasses.replace(arch, num_layers=1), 0, 1
     with torch.device("meta"):
-        model = StageModel(one, 0, 1)
+        model = StageModel(arch, start, end)
     model = model.to_empty(device=device)
-    gen = torch.Generator(device=device).manual_seed(0)
+    gen = torch.Generator(device=device).manual_seed(start)
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "norm" in name:
@@ -98,12 +123,322 @@ def _random_stage(arch, dtype: torch.dtype, device: torch.device) -> StageModel:
 
 
 def _contiguous_tables(lengths: list[int], block_size: int) -> list[list[int]]:
+    """Block tables packed from block 0, as the block manager hands out low ids first."""
     tables, nxt = [], 0
     for n in lengths:
         nb = -(-n // block_size)
         tables.append(list(range(nxt, nxt + nb)))
         nxt += nb
     return tables
+
+
+def profile_threads_and_corunners(cfg: RunConfig, device: torch.device) -> tuple[int, int]:
+    """(torch threads, co-running processes) of a profile: what one stage of a ``parallel.pp``
+    pipeline on this host gets (runtime/pipeline_threads.py) and how many other stages share it."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    pp = max(1, cfg.parallel.pp)
+    threads = cfg.sim.profile_threads or cfg.parallel.threads_per_stage or max(1, cores // pp)
+    corunners = cfg.sim.profile_corunners
+    if corunners < 0:  # auto: every other stage of the pipeline computes on this host too
+        corunners = pp - 1 if device.type == "cpu" else 0
+    return threads, corunners
+
+
+def _l3_bytes() -> int:
+    try:
+        txt = Path("/sys/devices/system/cpu/cpu0/cache/index3/size").read_text().strip().upper()
+        mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(txt[-1], 1)
+        return int(txt.rstrip("KMG")) * mult
+    except Exception:
+        return 32 << 20
+
+
+@dataclass
+class _Point:
+    op: str
+    cols: dict
+    setup: Callable[[], Callable[[], object]]  # builds the inputs, returns the call to time
+    per: int = 1  # the call covers this many layers: seconds are per layer
+    flush: bool = False  # evict the CPU caches before each call (weights come from memory)
+    calls: int = 1  # consecutive calls per round at least (their spread is the step-to-step jitter)
+
+
+class _Bench:
+    """The stages and measurement points of a profile; built identically in the profiling
+    process and in every co-running process, so that both can run point ``i``."""
+
+    def __init__(self, cfg: RunConfig, device: torch.device):
+        from .simulate import sim_arch
+
+        self.cfg = cfg
+        self.device = device
+        self.arch = arch = sim_arch(cfg)
+        self.dtype = dtype = parse_dtype(cfg.model.dtype)
+        sc = cfg.sim
+        bs = self.bs = cfg.cache.block_size
+        pp = max(1, cfg.parallel.pp)
+        self.max_tokens = max_tokens = max(sc.profile_max_tokens, cfg.scheduler.chunk_size + 1)
+        self.max_ctx = max_ctx = min(sc.profile_max_context, arch.max_position_embeddings)
+        self.per_batch = per_batch = max(1, -(-cfg.scheduler.max_batch_size // pp))
+        # Decodes per micro-batch: up to what the scheduler can put in one (max_batch_size over
+        # all in-flight micro-batches), at least two micro-batches' share.
+        self.max_dec = max_dec = max(4, min(cfg.scheduler.max_batch_size, 2 * per_batch))
+        self.points: list[_Point] = []
+        self.stage_shapes = _stage_shapes(cfg.scheduler.chunk_size, per_batch, max_dec, max_tokens, max_ctx)
+        self.dec_grid = [b for b in DECODE_BATCH_GRID if b < max_dec] + [min(b for b in DECODE_BATCH_GRID + [max_dec]
+                                                                              if b >= max_dec)]
+        # KV slots the points touch (packed from slot 0, per layer): attention sweeps on the
+        # first stage, whole steps on every stage.
+        stage_need = max(p * (k + c + bs) + b * (ctx + bs) for c, p, k, b, ctx in self.stage_shapes) + 4 * bs
+        attn_need = max(max_ctx + max_tokens + 2 * bs, max(self.dec_grid) * (max_ctx + bs)) + 4 * bs
+
+        # ---- the pipeline's stages, with their real layer counts ----------------------------
+        counts = layer_counts(arch, pp, cfg.parallel.partition)
+        ranges = layer_ranges(counts)
+        kinds = [("only" if pp == 1 else "first", ranges[0])]
+        if pp > 2:
+            kinds.append(("middle", max(ranges[1:-1], key=lambda r: r[1] - r[0])))
+        if pp > 1:
+            kinds.append(("last", ranges[-1]))
+        per_layer_bytes = max(1, arch.num_params() // max(1, arch.num_layers)) * torch.tensor([], dtype=dtype).element_size()
+        cap = max(1, STAGE_WEIGHT_BYTES // per_layer_bytes)
+        self.stages: dict[str, StageExecutor] = {}
+        for kind, (start, end) in kinds:
+            end = min(end, start + cap)  # a very large stage is profiled with fewer layers (rows say how many)
+            if kind in ("last", "only") and end < arch.num_layers:
+                start, end = arch.num_layers - (end - start), arch.num_layers
+            model = _random_stage(arch, dtype, device, start, end)
+            kv = model.new_kv_cache(-(-max(stage_need, attn_need if kind in ("first", "only") else 0) // bs), bs)
+            with torch.no_grad():
+                kv.k.normal_()
+                kv.v.normal_()
+            self.stages[kind] = StageExecutor(model, kv, Sampler(cfg.sampling) if model.is_last else None)
+        first = self.stages["only" if pp == 1 else "first"]
+        last = self.stages["only" if pp == 1 else "last"]
+        self._flush_buf = torch.ones(2 * _l3_bytes() // 4, dtype=torch.float32) if device.type == "cpu" else None
+        self._build_points(first, last)
+
+    def flush(self) -> None:
+        if self._flush_buf is not None:
+            self._flush_buf.sum()
+
+    def rand(self, *shape):
+        return torch.randn(*shape, device=self.device, dtype=self.dtype)
+
+    def _build_points(self, first: StageExecutor, last: StageExecutor) -> None:
+        arch, cfg, device, bs = self.arch, self.cfg, self.device, self.bs
+        h = arch.hidden_size
+        layers = list(first.model.layers)
+        nl = len(layers)
+        kv = first.kv
+        add = self.points.append
+        rand = self.rand
+
+        # ---- linear layers, in execution order over the stage's layers ----------------------
+        tokens = sorted({t for t in TOKEN_GRID if t <= self.max_tokens}
+                        | {cfg.scheduler.chunk_size, cfg.scheduler.chunk_size + 1})
+
+        def linear_setup(t):
+            x1, x2, x3 = rand(t, h), rand(t, arch.q_size), rand(t, arch.intermediate_size)
+
+            def fn():
+                for lay in layers:
+                    lay.qkv_proj(x1)
+                    lay.o_proj(x2)
+                    lay.gate_up_proj(x1)
+                    lay.down_proj(x3)
+            return fn
+
+        for t in tokens:
+            add(_Point("linear", {"tokens": t, "layers": nl}, lambda t=t: linear_setup(t), per=nl))
+        # ---- embedding, LM head and sampling ----------------------------------------------
+        embed_model = first.model
+        for t in [t for t in tokens if t in (1, 8, 32, 128, 512, 2048, 8192, cfg.scheduler.chunk_size)]:
+            add(_Point("embed", {"tokens": t}, lambda t=t: (
+                lambda ids=torch.randint(0, arch.vocab_size, (t,), device=device): embed_model.embed_tokens(ids)),
+                flush=True))
+        head = last.model
+        sampler = Sampler(cfg.sampling)
+        for n in [n for n in ROWS_GRID if n <= max(self.per_batch, 8) * 2]:
+            add(_Point("lm_head", {"tokens": n}, lambda n=n: (
+                lambda x=rand(n, h): head.lm_head(head.norm(x)).float()), flush=True))
+            add(_Point("sample", {"tokens": n}, lambda n=n: (
+                lambda lg=head.lm_head(head.norm(rand(n, h))).float(), keys=[(i, 0) for i in range(n)]:
+                sampler(lg, keys))))
+
+        # ---- attention, every layer of the stage over its own KV pool ----------------------
+        def attn_setup(specs, q_rows):
+            meta = build_attention_metadata(specs, bs, device, arch.sliding_window)
+            q = rand(q_rows, arch.num_heads, arch.head_dim)
+
+            def fn():
+                for i, lay in enumerate(layers):
+                    lay._attention(q, meta, kv.k[i], kv.v[i])
+            return fn
+
+        def prefill_specs(c, k):
+            return [PartSpec(k, c, _contiguous_tables([k + c], bs)[0], False)]
+
+        def decode_specs(b, ctx):
+            return [PartSpec(ctx - 1, 1, t, True) for t in _contiguous_tables([ctx] * b, bs)]
+
+        for c in [c for c in CHUNK_GRID if c <= self.max_tokens]:
+            for k in [k for k in CACHED_GRID if k + c <= self.max_ctx]:
+                add(_Point("attn_prefill", {"chunk": c, "cached": k, "tokens": c, "layers": nl},
+                           lambda c=c, k=k: attn_setup(prefill_specs(c, k), c), per=nl))
+        for b in self.dec_grid:
+            for ctx in [x for x in CONTEXT_GRID if x <= self.max_ctx]:
+                add(_Point("attn_decode", {"batch": b, "context": ctx, "tokens": b, "layers": nl},
+                           lambda b=b, ctx=ctx: attn_setup(decode_specs(b, ctx), b), per=nl))
+
+        # ---- per-batch overhead: metadata + rotary gather -------------------------------
+        def overhead_setup(specs):
+            def step():
+                m = build_attention_metadata(specs, bs, device, arch.sliding_window)
+                embed_model.rope_cos[m.positions].to(self.dtype)
+                embed_model.rope_sin[m.positions].to(self.dtype)
+            return step
+
+        for parts in [p for p in [1, 2, 4, 8, 16, 32, 64] if p <= max(self.per_batch, 4) * 2]:
+            for chunk in sorted({0, min(128, self.max_tokens), min(512, self.max_tokens)}):
+                ctx = min(256, self.max_ctx - chunk) if self.max_ctx > chunk else 1
+                specs = _mixed_specs(chunk, 1, 0, parts - (1 if chunk else 0), ctx, True, bs)
+                if specs:
+                    add(_Point("overhead", {"batch": len(specs), "tokens": sum(x.num_tokens for x in specs)},
+                               lambda specs=specs: overhead_setup(specs)))
+
+        # ---- whole stage steps (the runtime's StageExecutor.step) -------------------------
+        def stage_setup(ex: StageExecutor, c, p, k, b, ctx):
+            parts = _mixed_parts(c, p, k, b, ctx, bs)
+            hidden = None if ex.is_first else rand(sum(x.num_tokens for x in parts), h)
+            return lambda: ex.step(parts, hidden)
+
+        for kind, ex in self.stages.items():
+            n = len(ex.model.layers)
+            for c, p, k, b, ctx in self.stage_shapes:
+                add(_Point("stage", {"stage": kind, "layers": n, "chunk": c, "prefills": p, "cached": k,
+                                     "batch": b, "context": ctx, "tokens": c * p + b},
+                           lambda ex=ex, c=c, p=p, k=k, b=b, ctx=ctx: stage_setup(ex, c, p, k, b, ctx), calls=2))
+
+
+def _mixed_specs(chunk, prefills, cached, decodes, ctx, logits, bs) -> list[PartSpec]:
+    """``prefills`` chunks of ``chunk`` tokens over ``cached`` ones, then ``decodes`` decodes at ``ctx``."""
+    np_ = prefills if chunk else 0
+    tables = _contiguous_tables([cached + chunk] * np_ + [ctx] * decodes, bs)
+    return ([PartSpec(cached, chunk, tables[i], logits) for i in range(np_)]
+            + [PartSpec(ctx - 1, 1, t, logits) for t in tables[np_:]])
+
+
+def _mixed_parts(chunk, prefills, cached, decodes, ctx, bs) -> list[ScheduledPart]:
+    """The same batch as the scheduler hands it to a stage (every part samples)."""
+    specs = _mixed_specs(chunk, prefills, cached, decodes, ctx, True, bs)
+    return [ScheduledPart(seq_index=i, start=s.start, token_ids=[1] * s.num_tokens, block_table=s.block_table,
+                          is_prefill=s.num_tokens > 1, sample=True, output_index=0) for i, s in enumerate(specs)]
+
+
+def _stage_shapes(chunk: int, per_batch: int, max_dec: int, max_tokens: int, max_ctx: int
+                  ) -> list[tuple[int, int, int, int, int]]:
+    """(chunk, prefill parts, cached, decodes, decode context) of the whole-stage measurements:
+    decode-only, prefill-only (one or several prompts) and hybrid micro-batches around the
+    configured chunk size and batch size."""
+    d = max(1, min(per_batch, max_dec))
+    cand = [(0, 0, 0, 1, 128), (0, 0, 0, 3, 384), (0, 0, 0, max(2, d // 2), 256), (0, 0, 0, d, 128),
+            (0, 0, 0, d, 512), (0, 0, 0, min(max_dec, 2 * d), 320),
+            (chunk, 1, 0, 0, 0), (chunk, 1, 256, 0, 0), (max(8, chunk // 4), 1, 384, 0, 0),
+            (chunk, 4, 0, 0, 0), (2 * chunk, 2, 0, 0, 0),
+            (chunk - d + 1, 1, 256, d - 1, 384), (chunk, 1, 128, 3, 256), (max(8, chunk // 4), 1, 512, d - 2, 256),
+            (max(8, chunk // 2), 1, 0, d // 2, 448), (max(8, chunk - 2), 1, 640, 2, 200), (chunk, 1, 0, d, 160),
+            (2 * chunk, 1, 0, d, 300), (chunk, 2, 64, 6, 256)]
+    out = []
+    for c, p, k, b, ctx in cand:
+        b = max(0, min(b, max_dec))
+        if c == 0 and b == 0:
+            continue
+        if c * p + b > max_tokens or k + c > max_ctx or ctx > max_ctx or (p and c < 2):
+            continue
+        if (c, p, k, b, ctx) not in out:
+            out.append((c, p, k, b, ctx))
+    return out
+
+
+# ---- co-running stages -------------------------------------------------------------------
+
+
+class _Corunners:
+    """Processes that build the same :class:`_Bench` and run whatever point the profiler is
+    timing, in a loop, so every measurement sees the contention of the other pipeline stages
+    on this host (cores, caches, memory bandwidth)."""
+
+    def __init__(self, cfg: RunConfig, n: int, threads: int):
+        import subprocess
+
+        self.procs = []
+        self.unacked = 0
+        if n <= 0:
+            return
+        arg = json.dumps({"threads": threads, "cfg": dataclasses.asdict(cfg)})
+        self.procs = [subprocess.Popen([sys.executable, "-m", "pp_sarathi.sim.profile", "corunner", arg],
+                                       stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                       text=True) for _ in range(n)]
+
+    def wait_ready(self) -> None:
+        for p in self.procs:
+            if p.stdout.readline().strip() != "ready":
+                raise RuntimeError("a co-running profile process failed to start")
+
+    def run(self, i: int, wait: bool = True) -> None:
+        """Every co-runner switches to point ``i`` (``-1``: idle) once its current call is done;
+        with ``wait``, returns when they have (else a co-runner may still finish a call of the
+        previous, similar point while the next one is timed)."""
+        for p in self.procs:
+            p.stdin.write(f"{i}\n")
+            p.stdin.flush()
+        self.unacked += 1
+        if wait:
+            for p in self.procs:
+                for _ in range(self.unacked):
+                    p.stdout.readline()
+            self.unacked = 0
+
+    def stop(self) -> None:
+        for p in self.procs:
+            p.kill()
+        for p in self.procs:
+            p.wait()
+        self.procs = []
+
+
+def _corunner_main(a: dict) -> None:
+    from .fidelity import run_config_from_dict
+
+    torch.set_num_threads(a["threads"])
+    cfg = run_config_from_dict(a["cfg"])
+    fd = sys.stdin.fileno()
+    with torch.inference_mode():
+        bench = _Bench(cfg, torch.device("cpu"))
+        print("ready", flush=True)
+        fn, flush, buf = None, None, b""
+        while True:
+            # Raw reads (not sys.stdin's buffer, which select() cannot see): every queued command
+            # is taken before the next call.
+            if fn is None or select.select([fd], [], [], 0)[0]:
+                chunk = os.read(fd, 4096)
+                if not chunk:
+                    return
+                buf += chunk
+                *lines, buf = buf.split(b"\n")
+                if lines:  # only the newest command matters
+                    i = int(lines[-1])
+                    fn = bench.points[i].setup() if i >= 0 else None
+                    flush = bench.flush if i >= 0 and bench.points[i].flush else None
+                    print("ok\n" * len(lines), end="", flush=True)
+                continue
+            if flush is not None:
+                flush()
+            fn()
+
+
+# ---- the profile ---------------------------------------------------------------------------
 
 
 def run_profile(cfg: RunConfig, out_csv: Path | str) -> Path:
@@ -113,19 +448,11 @@ def run_profile(cfg: RunConfig, out_csv: Path | str) -> Path:
     out_csv = Path(out_csv)
     arch = sim_arch(cfg)
     device = pick_device(cfg)
-    dtype = parse_dtype(cfg.model.dtype)
     sc = cfg.sim
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    threads = sc.profile_threads or max(1, cores // max(1, cfg.parallel.pp))
-    corunners = sc.profile_corunners
-    if corunners < 0:  # auto: the other stages of a pipeline on this host compute at the same time
-        corunners = min(cfg.parallel.pp, max(1, cores // threads)) - 1 if device.type == "cpu" else 0
+    threads, corunners = profile_threads_and_corunners(cfg, device)
     old_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
     t_start = time.perf_counter()
-    max_tokens = max(sc.profile_max_tokens, cfg.scheduler.chunk_size + 1)
-    max_ctx = min(sc.profile_max_context, arch.max_position_embeddings)
-    per_batch = max(1, -(-cfg.scheduler.max_batch_size // max(1, cfg.parallel.pp)))
     common = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else
               f"cpu x{threads}" + (f" +{corunners} co-running stages" if corunners else ""),
               "dtype": cfg.model.dtype, "threads": threads, "hidden_size": arch.hidden_size,
@@ -133,229 +460,248 @@ def run_profile(cfg: RunConfig, out_csv: Path | str) -> Path:
               "num_kv_heads": arch.num_kv_heads, "head_dim": arch.head_dim, "vocab_size": arch.vocab_size,
               "torch": torch.__version__}
     rows: list[dict] = []
-    # (op, columns, setup): setup() builds the inputs and returns the call to time.
-    points: list[tuple[str, dict, object]] = []
 
-    def add(op, seconds, calls, seconds_min=None, **kw):
+    def add(op, ts: list[float], **kw):
         row = {"op": op, "tokens": 0, "chunk": 0, "cached": 0, "batch": 0, "context": 0, "bytes": 0,
-               "seconds": f"{seconds:.9g}", "seconds_min": f"{(seconds if seconds_min is None else seconds_min):.9g}",
-               "repeats": calls, **common}
+               "prefills": 0, "layers": 0, "stage": "", "jitter": "", "seconds": f"{statistics.median(ts):.9g}",
+               "seconds_mean": f"{statistics.fmean(ts):.9g}", "seconds_min": f"{min(ts):.9g}",
+               "repeats": len(ts), **common}
         row.update(kw)
         rows.append(row)
 
     rounds = max(1, sc.profile_repeats)
-    co: list = []
+    co = _Corunners(cfg, corunners, threads)
     try:
-        co = start_corunners(cfg, corunners, threads)
         with torch.inference_mode():
-            model = _random_stage(arch, dtype, device)
-            layer = model.layers[0]
-            h = arch.hidden_size
-            bs = cfg.cache.block_size
-            max_dec_batch = max(b for b in DECODE_BATCH_GRID if b <= max(per_batch, 4) * 2)
-            layer_pts = _layer_points(max_tokens, max_ctx, per_batch)
-            slots = max([max_ctx + max_tokens, max_dec_batch * (max_ctx + bs)]
-                        + [(k + c + bs) + b * (ctx + bs) for c, k, b, ctx in layer_pts]) + 4 * bs
-            kv = model.new_kv_cache(-(-slots // bs), bs)
-            k_pool, v_pool = kv.k[0], kv.v[0]
-            k_pool.normal_()
-            v_pool.normal_()
-
-            def rand(*shape):
-                return torch.randn(*shape, device=device, dtype=dtype)
-
-            # ---- linear ops, embedding ------------------------------------------------
-            tokens = sorted({t for t in TOKEN_GRID if t <= max_tokens} | {cfg.scheduler.chunk_size,
-                                                                          cfg.scheduler.chunk_size + 1})
-            for t in tokens:
-                for op, mod, width in (("linear_qkv", layer.qkv_proj, h), ("linear_o", layer.o_proj, arch.q_size),
-                                       ("linear_gate_up", layer.gate_up_proj, h),
-                                       ("linear_down", layer.down_proj, arch.intermediate_size)):
-                    points.append((op, {"tokens": t},
-                                   lambda mod=mod, t=t, width=width: (lambda x=rand(t, width): mod(x))))
-                points.append(("embed", {"tokens": t}, lambda t=t: (
-                    lambda ids=torch.randint(0, arch.vocab_size, (t,), device=device): model.embed_tokens(ids))))
-            # ---- LM head and sampling -------------------------------------------------
-            sampler = Sampler(cfg.sampling)
-            for n in [n for n in ROWS_GRID if n <= max(per_batch, 8) * 2]:
-                points.append(("lm_head", {"tokens": n},
-                               lambda n=n: (lambda x=rand(n, h): model.lm_head(model.norm(x)).float())))
-                points.append(("sample", {"tokens": n}, lambda n=n: (
-                    lambda lg=model.lm_head(model.norm(rand(n, h))).float(), keys=[(i, 0) for i in range(n)]:
-                    sampler(lg, keys))))
-            # ---- attention --------------------------------------------------------------
-
-            def prefill_setup(c, k):
-                meta = build_attention_metadata([PartSpec(k, c, _contiguous_tables([k + c], bs)[0], False)], bs,
-                                                device, arch.sliding_window)
-                q = rand(c, arch.num_heads, arch.head_dim)
-                return lambda: layer._attention(q, meta, k_pool, v_pool)
-
-            def decode_setup(b, ctx):
-                tables = _contiguous_tables([ctx] * b, bs)
-                meta = build_attention_metadata([PartSpec(ctx - 1, 1, t, True) for t in tables], bs, device,
-                                                arch.sliding_window)
-                q = rand(b, arch.num_heads, arch.head_dim)
-                return lambda: layer._attention(q, meta, k_pool, v_pool)
-
-            for c in [c for c in CHUNK_GRID if c <= max_tokens]:
-                for k in [k for k in CACHED_GRID if k + c <= max_ctx]:
-                    points.append(("attn_prefill", {"chunk": c, "cached": k, "tokens": c},
-                                   lambda c=c, k=k: prefill_setup(c, k)))
-            for b in [b for b in DECODE_BATCH_GRID if b <= max_dec_batch]:
-                for ctx in [x for x in CONTEXT_GRID if x <= max_ctx]:
-                    points.append(("attn_decode", {"batch": b, "context": ctx, "tokens": b},
-                                   lambda b=b, ctx=ctx: decode_setup(b, ctx)))
-
-            # ---- per-batch overhead: metadata + rotary gather ---------------------------
-            def mixed_specs(chunk, cached, decodes, ctx, logits):
-                lens = ([cached + chunk] if chunk else []) + [ctx] * decodes
-                tables = _contiguous_tables(lens, bs)
-                return ([PartSpec(cached, chunk, tables[0], logits)] if chunk else []) + [
-                    PartSpec(ctx - 1, 1, t, logits) for t in tables[1 if chunk else 0:]]
-
-            def overhead_setup(specs):
-                def step():
-                    m = build_attention_metadata(specs, bs, device, arch.sliding_window)
-                    model.rope_cos[m.positions].to(dtype)
-                    model.rope_sin[m.positions].to(dtype)
-                return step
-
-            for parts in [p for p in [1, 2, 4, 8, 16, 32, 64] if p <= max(per_batch, 4) * 2]:
-                for chunk in sorted({0, min(128, max_tokens), min(512, max_tokens)}):
-                    ctx = min(256, max_ctx - chunk) if max_ctx > chunk else 1
-                    specs = mixed_specs(chunk, 0, parts - (1 if chunk else 0), ctx, True)
-                    if specs:
-                        points.append(("overhead", {"batch": len(specs), "tokens": sum(x.num_tokens for x in specs)},
-                                       lambda specs=specs: overhead_setup(specs)))
-
-            # ---- whole layers on mixed batches (checks the additive composition) ----------
-            def layer_setup(c, k, b, ctx):
-                meta = build_attention_metadata(mixed_specs(c, k, b, ctx, False), bs, device, arch.sliding_window)
-                x = rand(c + b, h)
-                cos = model.rope_cos[meta.positions].to(dtype)[:, None, :]
-                sin = model.rope_sin[meta.positions].to(dtype)[:, None, :]
-                return lambda: layer(x, cos, sin, meta, k_pool, v_pool)
-
-            for c, k, b, ctx in layer_pts:
-                points.append(("layer", {"chunk": c, "cached": k, "batch": b, "context": ctx, "tokens": c + b},
-                               lambda c=c, k=k, b=b, ctx=ctx: layer_setup(c, k, b, ctx)))
-
-            # ---- measure: whole sweeps in rounds, so that a burst of background load hits
-            # one round of every point rather than every repeat of a few points.
+            bench = _Bench(cfg, device)
+            co.wait_ready()
+            log.info("profiling %d points x %d rounds (%s, %d thread(s), %d co-running stage(s)); "
+                     "stages: %s", len(bench.points), rounds, device, threads, len(co.procs),
+                     ", ".join(f"{k} {len(e.model.layers)} layers" for k, e in bench.stages.items()))
+            # Whole sweeps in rounds, so that a burst of background load hits one round of every
+            # point rather than every repeat of a few points.
             timer = _Timer(device)
-            samples: list[list[float]] = [[] for _ in points]
+            samples: list[list[list[float]]] = [[] for _ in bench.points]
             for rnd in range(rounds):
-                for i, (_, _, setup) in enumerate(points):
-                    fn = setup()
-                    if rnd == 0:
-                        fn()  # warm-up
-                    samples[i].extend(timer.sample(fn))
+                for i, pt in enumerate(bench.points):
+                    co.run(i, wait=i == 0 or bench.points[i - 1].op != pt.op)
+                    fn = pt.setup()
+                    flush = bench.flush if pt.flush else None
+                    if rnd == 0 and i == 0:  # warm-up (a first call per point is one of >= 3 rounds: the median drops it)
+                        fn()
+                    samples[i].append([t / pt.per for t in timer.sample(fn, flush, min_calls=pt.calls)])
                     del fn
-            for (op, kw, _), ts in zip(points, samples):
-                add(op, statistics.fmean(ts), len(ts), min(ts), **kw)
-            del kv, model
+                log.info("profile round %d/%d done after %.0f s", rnd + 1, rounds, time.perf_counter() - t_start)
+            for pt, per_round in zip(bench.points, samples):
+                add(pt.op, [t for ts in per_round for t in ts], jitter=f"{_within_round_log_sd(per_round):.4g}",
+                    **pt.cols)
+            del bench
     finally:
         torch.set_num_threads(old_threads)
-        stop_corunners(co)
+        co.stop()
     if sc.profile_p2p:
         try:
-            for nbytes, secs, secs_min in measure_p2p(P2P_BYTES, max(3, sc.profile_repeats)):
-                add("p2p", secs, max(3, sc.profile_repeats), secs_min, bytes=nbytes,
-                    device="cpu gloo (2 local processes)")
+            for nbytes, ts in measure_p2p(P2P_BYTES, max(3, sc.profile_repeats)):
+                add("p2p", ts, bytes=nbytes, device="cpu gloo (2 local processes)")
         except Exception as exc:  # pragma: no cover - environment specific
             log.warning("p2p profile skipped: %s", exc)
+        try:
+            dev = f"cpu gloo ({max(2, cfg.parallel.pp)} local processes, runtime driver + stage loops)"
+            for key, ivs in measure_link(cfg).items():
+                c, d = (int(x) for x in key.split(","))
+                for name, ts in ivs.items():
+                    if ts:
+                        add(f"link_{name}", ts, tokens=c + d, batch=(1 if c else 0) + d, chunk=c, device=dev)
+        except Exception as exc:  # pragma: no cover - environment specific
+            log.warning("link profile skipped: %s", exc)
     write_profile(rows, out_csv)
     log.info("profiled %d points in %.1f s -> %s", len(rows), time.perf_counter() - t_start, out_csv)
     try:  # the cost model's error on held-out points, next to the CSV
         errs = holdout_errors(out_csv)
         err_path = out_csv.with_name(out_csv.stem + "_errors.json")
         err_path.write_text(json.dumps(errs, indent=2))
-        log.info("cost model held-out error: median %.1f%%, mean %.1f%% over %d points -> %s",
+        st = errs.get("stage") or {}
+        log.info("cost model held-out error: median %.1f%%, mean %.1f%% over %d points; whole stage steps: "
+                 "median %.1f%%, max %.1f%% over %d -> %s",
                  100 * errs["all"]["median_abs_rel_err"], 100 * errs["all"]["mean_abs_rel_err"],
-                 errs["all"]["held_out"], err_path)
+                 errs["all"]["held_out"], 100 * (st.get("median_abs_rel_err") or 0),
+                 100 * (st.get("max_abs_rel_err") or 0), st.get("held_out", 0), err_path)
     except Exception as exc:  # pragma: no cover - a partial profile still is a profile
         log.warning("could not evaluate the cost model on held-out points: %s", exc)
     return out_csv
 
 
-def _layer_points(max_tokens: int, max_ctx: int, per_batch: int) -> list[tuple[int, int, int, int]]:
-    """(chunk, cached, decodes, decode context) of whole-layer measurements."""
-    pts = []
-    for c in (32, 128, 256, 512):
-        if c <= max_tokens and c <= max_ctx:
-            pts.append((c, 0, 0, 0))
-    for b in (1, 4, 16, 32):
-        if b <= max(per_batch, 4) * 2:
-            for ctx in (128, 512):
-                if ctx <= max_ctx:
-                    pts.append((0, 0, b, ctx))
-    for c, k, b, ctx in ((128, 128, 4, 256), (96, 256, 32, 256), (256, 0, 8, 512), (256, 512, 16, 384),
-                         (64, 512, 8, 128), (500, 0, 12, 256), (192, 1024, 24, 1024), (120, 64, 8, 64)):
-        if c + b <= max_tokens and k + c <= max_ctx and ctx <= max_ctx and b <= max(per_batch, 4) * 2:
-            pts.append((c, k, b, ctx))
-    return pts
+def _within_round_log_sd(per_round: list[list[float]]) -> float:
+    """Standard deviation of ln(seconds) among the consecutive calls of one round, pooled over
+    rounds: how much one step differs from the next (slow drift between rounds excluded)."""
+    import math
+
+    num, dof = 0.0, 0
+    for ts in per_round:
+        if len(ts) >= 2:
+            logs = [math.log(max(t, 1e-12)) for t in ts]
+            m = sum(logs) / len(logs)
+            num += sum((x - m) ** 2 for x in logs)
+            dof += len(logs) - 1
+    return math.sqrt(num / dof) if dof else 0.0
 
 
-# ---- co-running stages -------------------------------------------------------------------
+# ---- the runtime's transport and driver loop between stage processes -------------------------
+
+LINK_SHAPES = [(0, 1), (0, 13), (60, 4), (128, 13), (0, 28), (512, 0)]  # (prefill chunk, decodes) per micro-batch
 
 
-def _corunner_main(a: dict) -> None:
-    """Loop a decoder layer of the profiled shape on a mixed batch until killed (a busy stage)."""
-    from ..config import ModelConfig
+class _BusyExecutor:
+    """Stands in for a StageExecutor in :func:`measure_link`: keeps its core busy for a set time
+    per step (alternately longer and shorter than the neighbouring stage, so that stages both
+    wait for data and find it already there), returns hidden states / sampled tokens."""
+
+    def __init__(self, rank: int, world: int, hidden: int, dtype: torch.dtype, step_s: float):
+        self.is_first, self.is_last = rank == 0, rank == world - 1
+        self.rank, self.hidden, self.dtype, self.step_s = rank, hidden, dtype, step_s
+        self.calls = 0
+        self._a = torch.randn(128, 128)
+
+    def step(self, parts, hidden=None):
+        from ..scheduler.batch import SampleResult
+
+        # The first stage is slower every third micro-batch (the next stage waits for it) and
+        # faster otherwise (its output is there before the next stage asks for it).
+        f = (1.3 if self.calls % 3 == 0 else 0.85) if self.rank == 0 else 1.0
+        self.calls += 1
+        end = time.perf_counter() + self.step_s * f
+        while time.perf_counter() < end:
+            torch.mm(self._a, self._a)
+        if not self.is_last:
+            return torch.empty(sum(p.num_tokens for p in parts), self.hidden, dtype=self.dtype)
+        return [SampleResult(5) if p.sample else None for p in parts]
+
+
+class _ScriptedPlans:
+    """A scheduler that hands out ``n`` copies of one micro-batch."""
+
+    def __init__(self, parts, n: int):
+        self.parts, self.n, self.next, self.done = parts, n, 0, 0
+
+    @property
+    def has_unfinished(self) -> bool:
+        return self.done < self.n
+
+    def schedule(self, now: float):
+        from ..scheduler.batch import BatchPlan
+
+        if self.next >= self.n:
+            return None
+        self.next += 1
+        return BatchPlan(id=self.next - 1, parts=self.parts, scheduled_at=now)
+
+    def on_batch_done(self, plan, results, now):
+        self.done += 1
+        return []
+
+    def next_arrival(self):
+        return None
+
+
+def _link_intervals(records, batches, world: int, skip: int = 3) -> dict[str, list[float]]:
+    """Per micro-batch intervals of a pipeline run (real or :func:`measure_link`'s)."""
+    R = {(r.stage, r.batch_id): r for r in records}
+    done = {b.batch_id: b.done_at for b in batches}
+    ids = sorted(done)[skip:]
+    out: dict[str, list[float]] = {"send_first": [], "send_mid": [], "send_last": [], "recv": [], "hop": [], "ret": []}
+    last = world - 1
+    for k in ids:
+        for s in range(world):
+            r = R.get((s, k))
+            if r is None:
+                continue
+            key = "send_first" if s == 0 else ("send_last" if s == last else "send_mid")
+            out[key].append(r.send_end - r.compute_end)
+            if s > 0:
+                up = R[(s - 1, k)]
+                if up.send_end <= r.recv_start:  # the data was sent before this stage asked for it
+                    out["recv"].append(r.recv_end - r.recv_start)
+                elif r.recv_start <= up.compute_end:  # this stage waited for the upstream compute
+                    out["hop"].append(r.compute_start - up.compute_end)
+        newest = R.get((0, k + world - 1))
+        if newest is not None and newest.send_end <= R[(last, k)].compute_end:  # the driver waited in collect
+            out["ret"].append(done[k] - R[(last, k)].compute_end)
+    return out
+
+
+def _link_worker(rank: int, a: dict) -> dict | None:
+    import torch.distributed as dist
+
+    from ..metrics.timing import StageClock
+    from ..runtime.driver import drive
+    from ..runtime.pipeline import DriverPipeline, worker_loop
+    from ..runtime.transport import StageLink
+
+    torch.set_num_threads(1)
+    world, h, dtype, bs = a["world"], a["hidden"], parse_dtype(a["dtype"]), a["block_size"]
+    dist.init_process_group("gloo", init_method=f"file://{a['init_file']}", rank=rank, world_size=world)
+    result = {}
+    try:
+        for c, d in a["shapes"]:
+            parts = _mixed_parts(c, 1, 64 if c else 0, d, 300, bs)
+            ex = _BusyExecutor(rank, world, h, dtype, a["step_s"])
+            link = StageLink(rank, world, h, dtype, torch.device("cpu"))
+            dist.barrier()
+            clock = StageClock("cpu")
+            if rank != 0:
+                recs = worker_loop(ex, link, clock)
+                dist.gather_object(recs, None, dst=0)
+                continue
+            pipe = DriverPipeline(ex, link, clock)
+            batches = drive(_ScriptedPlans(parts, a["batches"]), pipe, clock)
+            link.send_stop()
+            link.flush()
+            gathered: list = [None] * world
+            dist.gather_object(pipe.records, gathered, dst=0)
+            records = [r for part in gathered for r in (part or [])]
+            result[f"{c},{d}"] = _link_intervals(records, batches, world)
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+    return result if rank == 0 else None
+
+
+def measure_link(cfg: RunConfig, shapes=LINK_SHAPES, batches: int = 24, step_s: float = 0.03,
+                 timeout_s: float = 180.0) -> dict:
+    """Run the runtime's own driver loop (``drive`` + ``DriverPipeline``) and stage loop
+    (``worker_loop``) with its gloo transport over ``parallel.pp`` local processes, stages
+    computing busily for ``step_s`` per micro-batch: {"chunk,decodes": {interval: [seconds]}}
+    for each micro-batch shape, intervals as in :func:`_link_intervals`."""
+    import subprocess
+
     from .simulate import sim_arch
 
-    torch.set_num_threads(a["threads"])
-    cfg = RunConfig()
-    cfg.model = ModelConfig(**a["model"])
     arch = sim_arch(cfg)
-    dtype = parse_dtype(cfg.model.dtype)
-    with torch.inference_mode():
-        model = _random_stage(arch, dtype, torch.device("cpu"))
-        layer = model.layers[0]
-        bs = 16
-        lens = [256] + [256] * 8
-        tables = _contiguous_tables(lens, bs)
-        specs = [PartSpec(128, 128, tables[0], False)] + [PartSpec(255, 1, t, False) for t in tables[1:]]
-        kv = model.new_kv_cache(sum(len(t) for t in tables) + 1, bs)
-        meta = build_attention_metadata(specs, bs, "cpu", arch.sliding_window)
-        x = torch.randn(136, arch.hidden_size, dtype=dtype)
-        cos = model.rope_cos[meta.positions].to(dtype)[:, None, :]
-        sin = model.rope_sin[meta.positions].to(dtype)[:, None, :]
-        print("ready", flush=True)
-        while True:
-            layer(x, cos, sin, meta, kv.k[0], kv.v[0])
-
-
-def start_corunners(cfg: RunConfig, n: int, threads: int) -> list:
-    """``n`` processes that keep a stage of this model busy while the profile is taken, so the
-    measured costs include the sharing of cores, caches and memory bandwidth with the other
-    stages of a pipeline on the same host (how `run` places stages on a CPU machine)."""
-    import json
-    import subprocess
-    import sys
-
-    if n <= 0:
-        return []
-    arg = json.dumps({"threads": threads, "model": dataclasses.asdict(cfg.model)})
-    procs = [subprocess.Popen([sys.executable, "-m", "pp_sarathi.sim.profile", "corunner", arg],
-                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True) for _ in range(n)]
-    for p in procs:
-        p.stdout.readline()  # "ready" once its layer is built
-    return procs
-
-
-def stop_corunners(procs: list) -> None:
-    for p in procs:
-        p.kill()
-    for p in procs:
-        p.wait()
+    world = max(2, cfg.parallel.pp)
+    with tempfile.TemporaryDirectory() as d:
+        arg = json.dumps({"init_file": str(Path(d) / "pg"), "world": world, "hidden": arch.hidden_size,
+                          "dtype": cfg.model.dtype, "block_size": cfg.cache.block_size,
+                          "shapes": [list(x) for x in shapes], "batches": batches, "step_s": step_s})
+        procs = [subprocess.Popen([sys.executable, "-m", "pp_sarathi.sim.profile", "link-worker", str(r), arg],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in range(world)]
+        outs = []
+        try:
+            for p in procs:
+                out, err = p.communicate(timeout=timeout_s)
+                if p.returncode != 0:
+                    raise RuntimeError(f"link worker failed: {err.strip()[-500:]}")
+                outs.append(out)
+        finally:
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+    return json.loads(outs[0].strip().splitlines()[-1])
 
 
 # ---- point-to-point over gloo -----------------------------------------------------------
 
 
-def _p2p_worker(rank: int, init_file: str, sizes: list[int], repeats: int) -> list[tuple[int, float, float]]:
+def _p2p_worker(rank: int, init_file: str, sizes: list[int], repeats: int) -> list[tuple[int, list[float]]]:
     import torch.distributed as dist
 
     torch.set_num_threads(1)
@@ -378,21 +724,19 @@ def _p2p_worker(rank: int, init_file: str, sizes: list[int], repeats: int) -> li
                     dist.recv(buf, peer)
                     dist.send(buf, peer)
             if rank == 0:
-                out.append((n, statistics.fmean(rtts) / 2, min(rtts) / 2))
+                out.append((n, [t / 2 for t in rtts]))
         dist.barrier()
     finally:
         dist.destroy_process_group()
     return out
 
 
-def measure_p2p(sizes: list[int], repeats: int = 5, timeout_s: float = 120.0) -> list[tuple[int, float, float]]:
-    """(bytes, mean, min) one-way gloo message time between two fresh local processes (ping-pong / 2).
+def measure_p2p(sizes: list[int], repeats: int = 5, timeout_s: float = 120.0) -> list[tuple[int, list[float]]]:
+    """(bytes, one-way times) of gloo messages between two fresh local processes (ping-pong / 2).
 
     The workers are plain ``python -m pp_sarathi.sim.profile`` subprocesses, so this works
     whatever the caller's main module is."""
-    import json
     import subprocess
-    import sys
 
     with tempfile.TemporaryDirectory() as d:
         init_file = str(Path(d) / "pg")
@@ -415,13 +759,14 @@ def measure_p2p(sizes: list[int], repeats: int = 5, timeout_s: float = 120.0) ->
 
 
 if __name__ == "__main__":
-    import json
-    import sys
-
     if len(sys.argv) == 4 and sys.argv[1] == "p2p-worker":
         a = json.loads(sys.argv[3])
         res = _p2p_worker(int(sys.argv[2]), a["init_file"], a["sizes"], a["repeats"])
         print(json.dumps(res))
+    elif len(sys.argv) == 4 and sys.argv[1] == "link-worker":
+        res = _link_worker(int(sys.argv[2]), json.loads(sys.argv[3]))
+        if res is not None:
+            print(json.dumps(res))
     elif len(sys.argv) == 3 and sys.argv[1] == "corunner":
         _corunner_main(json.loads(sys.argv[2]))
     else:

@@ -93,8 +93,10 @@ def run_simulation(cfg: RunConfig, cost: CostModel | None = None, on_finished=No
     sched.add_requests(requests, None if placeholder else arch.vocab_size)
 
     clock = VirtualClock()
+    jitter = cfg.sim.jitter if cfg.sim.jitter >= 0 else getattr(cost, "jitter", 0.0)
     pipe = SimPipeline(cost, counts, clock, dummy_token(cfg, arch), cfg.sim.driver_blocks_on_stage0,
-                       cfg.sim.schedule_overhead_us * 1e-6, block_size=cfg.cache.block_size)
+                       cfg.sim.schedule_overhead_us * 1e-6, block_size=cfg.cache.block_size,
+                       jitter=jitter, seed=cfg.sim.seed)
     if on_finished is None and cfg.sim.progress_every:
         on_finished = _Progress(cfg.sim.progress_every, len(requests), cfg.scheduler.name)
     batches = drive(sched, pipe, clock, on_finished)
@@ -103,7 +105,7 @@ def run_simulation(cfg: RunConfig, cost: CostModel | None = None, on_finished=No
 
     info = {"cost_model": cost.describe(), "host_s": host_s, "virtual_s": clock.now(),
             "num_batches": len(batches), "kv_blocks": blocks.num_blocks, "kv_block_size": blocks.block_size,
-            "layers_per_stage": counts, "stage_busy_s": pipe.busy_s}
+            "layers_per_stage": counts, "stage_busy_s": pipe.busy_s, "jitter": jitter, "seed": cfg.sim.seed}
     if isinstance(cost, RooflineCosts):
         cap = kv_capacity_tokens(arch, cfg.hardware, max(counts), cost.dtype)
         need = blocks.num_blocks * blocks.block_size
@@ -117,6 +119,7 @@ def run_simulation(cfg: RunConfig, cost: CostModel | None = None, on_finished=No
         else str(cost.describe().get("device")))
     out = RunOutcome(seqs, batches, pipe.records, pp, clock.now(), ranges, device, None)
     out.sim_info = info  # type: ignore[attr-defined]
+    out.model_compute = pipe.model_compute  # type: ignore[attr-defined]
     return out
 
 
