@@ -24,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-from pp_sarathi.bench.runs import machine_note, md_table, run_cli
+from pp_sarathi.bench.runs import parse_script_args, machine_note, md_table, run_cli
 
 POLICIES = ["orca", "vllm", "ft", "sarathi", "sarathi_serve"]
 METRICS = [  # (label, path in results.json, higher is better)
@@ -44,11 +44,6 @@ def get(d: dict, path: tuple):
 
 
 def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    extra = []
-    if "--" in argv:
-        i = argv.index("--")
-        argv, extra = argv[:i], argv[i + 1:]
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--policies", default=",".join(POLICIES))
@@ -63,7 +58,7 @@ def main(argv=None) -> int:
     ap.add_argument("--max-batch-size", type=int, default=8)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=0, help="parallel.threads_per_stage (0 = all cores)")
-    args = ap.parse_args(argv)
+    args, extra = parse_script_args(ap, argv)
     if args.threads > 0:
         extra = [f"parallel.threads_per_stage={args.threads}", *extra]
     policies = [p.strip() for p in args.policies.split(",") if p.strip()]

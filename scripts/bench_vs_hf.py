@@ -30,7 +30,7 @@ from pathlib import Path
 import torch
 
 from pp_sarathi.bench.device import describe_device
-from pp_sarathi.bench.runs import machine_note, md_table, read_outputs, run_cli
+from pp_sarathi.bench.runs import parse_script_args, machine_note, md_table, read_outputs, run_cli
 from pp_sarathi.config import ModelConfig, WorkloadConfig
 from pp_sarathi.runtime.setup import resolve_model
 from pp_sarathi.workload.synthetic import synthetic_requests
@@ -68,11 +68,6 @@ def hf_generate_all(model, reqs, batch_size: int, order: str, pad_id: int, devic
 
 
 def main(argv=None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
-    extra = []
-    if "--" in argv:
-        i = argv.index("--")
-        argv, extra = argv[:i], argv[i + 1:]
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--num-requests", type=int, default=8)
@@ -89,7 +84,7 @@ def main(argv=None) -> int:
     ap.add_argument("--model", default="default", help="model preset name for both sides (default, tiny)")
     ap.add_argument("--threads", type=int, default=0,
                     help="CPU threads for both sides (0 = all cores, pp_sarathi's default)")
-    args = ap.parse_args(argv)
+    args, extra = parse_script_args(ap, argv)
     if args.threads > 0:
         torch.set_num_threads(args.threads)
         extra = [f"parallel.threads_per_stage={args.threads}", *extra]

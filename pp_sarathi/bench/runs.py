@@ -60,3 +60,14 @@ def machine_note() -> str:
     load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return f"CPU {cpu_model()}, {cores} cores, load average {load[0]:.1f}/{load[1]:.1f}/{load[2]:.1f} (1/5/15 min)"
+
+
+def parse_script_args(parser, argv: list[str] | None) -> tuple:
+    """Parse a benchmark script's own options; everything after ``--`` is passed on to
+    ``pp-sarathi`` as hydra overrides."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    extra: list[str] = []
+    if "--" in argv:
+        i = argv.index("--")
+        argv, extra = argv[:i], argv[i + 1:]
+    return parser.parse_args(argv), extra
