@@ -44,7 +44,7 @@ class SimConfig:
     validate_against: Optional[str] = None  # a real run/compare dir: simulate its config, write fidelity.json
     # Profiling (`profile` command)
     profile_threads: int = 0  # torch threads while profiling; 0 = cores / parallel.pp (as a stage gets)
-    profile_max_tokens: int = 1024  # largest token count of the linear-op sweep
+    profile_max_tokens: int = 4096  # largest token count of the linear-op sweep (counts above 1024: one round)
     profile_max_context: int = 2048  # largest KV length of the attention sweeps (capped by the model)
     profile_repeats: int = 3  # rounds over the whole sweep; each round times 1 call, or ~10 ms of calls
     profile_p2p: bool = True  # measure gloo send/recv between two local processes

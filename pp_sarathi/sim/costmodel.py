@@ -299,7 +299,10 @@ class RooflineCosts(CostModel):
 
 
 class Interp1D:
-    """Piecewise-linear interpolation on sorted points; linear extrapolation from the end segments."""
+    """Piecewise-linear interpolation on sorted points. Below the first point: the first
+    segment's line; beyond the last: the last point plus the least-squares slope of the points
+    in the upper half of the range (one noisy end point does not set the slope of everything
+    beyond it)."""
 
     def __init__(self, xs, ys):
         pts = sorted(zip(map(float, xs), map(float, ys)))
@@ -311,11 +314,21 @@ class Interp1D:
         self.ys = [float(np.median(merged[x])) for x in self.xs]
         if not self.xs:
             raise ValueError("no points to interpolate")
+        self.tail_slope = None
+        if len(self.xs) >= 2:
+            upper = [(x, y) for x, y in zip(self.xs, self.ys) if x >= self.xs[-1] / 2]
+            if len(upper) >= 3:
+                ux, uy = np.asarray(upper).T
+                self.tail_slope = float(np.polyfit(ux, uy, 1)[0])
+            else:
+                self.tail_slope = (self.ys[-1] - self.ys[-2]) / (self.xs[-1] - self.xs[-2])
 
     def __call__(self, x: float) -> float:
         xs, ys = self.xs, self.ys
         if len(xs) == 1:
             return ys[0]
+        if x > xs[-1]:
+            return max(ys[-1] + self.tail_slope * (x - xs[-1]), 0.0)
         i = bisect.bisect_right(xs, x)
         i = min(max(i, 1), len(xs) - 1)
         x0, x1, y0, y1 = xs[i - 1], xs[i], ys[i - 1], ys[i]
@@ -453,15 +466,17 @@ class ProfileCosts(CostModel):
         self._p2p = interp("p2p", "bytes") if "p2p" in by else None
         # The runtime's own transport and driver loop (link_* rows, measured between stage
         # processes that compute meanwhile): heavy-tailed, so their mean is used.
+        # a + b*tokens (the hidden states grow with the tokens); a constant when the fitted
+        # slope is negative (the shape dependence drowns in the spread).
         self._link = {}
         for op, rs in by.items():
             if op.startswith("link_") and rs:
                 ys = [r["seconds_mean"] for r in rs]
-                if len({(r["tokens"], r["batch"]) for r in rs}) >= 4:
-                    self._link[op[5:]] = LinearFit([[1.0, r["tokens"], r["batch"]] for r in rs], ys,
-                                                   ["const", "tokens", "parts"])
-                else:
-                    self._link[op[5:]] = LinearFit([[1.0] for _ in rs], ys, ["const"])
+                fit = LinearFit([[1.0, r["tokens"]] for r in rs], ys, ["const", "tokens"]) \
+                    if len({r["tokens"] for r in rs}) >= 3 else None
+                if fit is None or fit.coef[1] < 0:
+                    fit = LinearFit([[1.0, 0.0] for _ in rs], ys, ["const", "tokens"])
+                self._link[op[5:]] = fit
         # misc(T) = a + b*T per layer: what whole measured stage steps (or, in older profiles,
         # whole decoder layers) cost beyond the composed linear, attention, overhead and
         # embedding / LM head / sampling ops; fitted by least squares relative to the step time.
@@ -560,7 +575,7 @@ class ProfileCosts(CostModel):
         f = self._link.get(name)
         if f is None:
             return None
-        return f(1.0, b.num_tokens, b.num_parts) if len(f.coef) == 3 else f(1.0)
+        return f(1.0, b.num_tokens)
 
     def hop_time(self, b: BatchShape) -> float:
         t = self._link_cost("hop", b)
