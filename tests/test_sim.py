@@ -162,6 +162,19 @@ def test_jitter_is_reproducible_and_keeps_the_batches():
     assert all(0.5 < q < 2.0 for q in ratios) and len(set(ratios)) > 1
 
 
+def test_time_share_stretches_compute_while_more_stages_than_cores_compute():
+    from pp_sarathi.metrics.timing import StageRecord
+    from pp_sarathi.sim.engine import TimeShare
+
+    # three stages computing during [0, 3] on two cores: speed 2/3 there, full speed elsewhere
+    recs = [StageRecord(s, 0, 0, 0, 0.0, 3.0, 3.0, 3.0) for s in range(3)]
+    ts = TimeShare(recs, cores=2)
+    assert ts.stretch(0.0, 1.0) == pytest.approx(1.5)
+    assert ts.stretch(2.0, 1.0) == pytest.approx(1.0 + 1 / 3)  # 2/3 done by t=3, the rest at full speed
+    assert ts.stretch(5.0, 1.0) == pytest.approx(1.0) and ts.stretch(-1.0, 0.5) == pytest.approx(0.5)
+    assert TimeShare(recs, cores=4).stretch(0.0, 1.0) == pytest.approx(1.0)
+
+
 def test_link_intervals_from_stage_records():
     from pp_sarathi.metrics.timing import StageRecord
     from pp_sarathi.runtime.driver import BatchRecord

@@ -39,6 +39,7 @@ class SimConfig:
     schedule_overhead_us: float = 0.0  # virtual time charged for each scheduler call that yields a batch
     jitter: float = -1.0  # sd of ln(stage compute time) from step to step; -1 = the profile's measurement (roofline: 0)
     seed: int = 0  # of the jitter draws
+    time_share_iterations: int = 4  # CPU profile, more stage threads than cores: re-simulations with the cores shared (0 = off)
     dummy_token_id: int = -1  # token every simulated sample returns; -1 = first id that is not EOS
     progress_every: int = 0  # log progress every N finished requests (0 = off)
     validate_against: Optional[str] = None  # a real run/compare dir: simulate its config, write fidelity.json

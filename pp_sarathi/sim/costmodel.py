@@ -47,7 +47,7 @@ _MISC_KERNELS = 9
 
 PROFILE_COLUMNS = ["op", "tokens", "chunk", "cached", "batch", "context", "bytes", "prefills", "layers", "stage",
                    "jitter", "seconds", "seconds_mean", "seconds_min", "repeats", "device", "dtype", "threads", "hidden_size",
-                   "intermediate_size", "num_heads", "num_kv_heads", "head_dim", "vocab_size", "torch"]
+                   "intermediate_size", "num_heads", "num_kv_heads", "head_dim", "vocab_size", "cores", "torch"]
 LINEAR_OPS = ("linear_qkv", "linear_o", "linear_gate_up", "linear_down")
 SHAPE_COLUMNS = ["hidden_size", "intermediate_size", "num_heads", "num_kv_heads", "vocab_size"]
 
@@ -101,6 +101,8 @@ class CostModel:
     """Composes per-op costs into per-stage times; subclasses provide the ops."""
 
     source = "base"
+    cores = 0  # CPU cores the stages share (0: every stage has its own device)
+    threads = 1
     # Step-to-step variation of a stage's compute time: standard deviation of its logarithm
     # (measured by a profile; 0 = deterministic).
     jitter = 0.0
@@ -395,7 +397,8 @@ def read_profile(path: str | Path, statistic: str = "median") -> list[dict]:
     with open(path, newline="") as f:
         for r in csv.DictReader(f):
             for k in ("tokens", "chunk", "cached", "batch", "context", "bytes", "prefills", "layers", "repeats", "threads",
-                      "hidden_size", "intermediate_size", "num_heads", "num_kv_heads", "head_dim", "vocab_size"):
+                      "hidden_size", "intermediate_size", "num_heads", "num_kv_heads", "head_dim", "vocab_size",
+                      "cores"):
                 r[k] = int(float(r[k])) if r.get(k) not in (None, "") else 0
             r["stage"] = r.get("stage") or ""
             r["seconds"] = float(r["seconds"])
@@ -435,6 +438,8 @@ class ProfileCosts(CostModel):
         self.rows = rows
         self.device = first.get("device", "?")
         self.threads = first.get("threads")
+        # CPU cores of the profiled host (0: unknown / not a CPU): stages beyond them time-share.
+        self.cores = int(first.get("cores") or 0)
         use = [r for i, r in enumerate(rows) if not exclude or i not in exclude]
         by: dict[str, list[dict]] = {}
         for r in use:
@@ -602,7 +607,8 @@ class ProfileCosts(CostModel):
 
     def describe(self) -> dict:
         return {"source": self.source, "profile": self.path, "device": self.device, "dtype": self.dtype,
-                "threads": self.threads, "misc_per_layer": {"from": self.misc_source, "coef_s": self._misc},
+                "threads": self.threads, "cores": self.cores,
+                "misc_per_layer": {"from": self.misc_source, "coef_s": self._misc},
                 "jitter": self.jitter}
 
 

@@ -20,6 +20,9 @@ Model of the runtime (runtime/pipeline.py), one FIFO server per stage:
   around the modelled (median) time, independently, from a seeded generator (a profile
   measures this step-to-step spread; it is what makes real pipelines idle more than
   constant step times would).
+* ``stretch`` (:class:`TimeShare`): more stage threads than the host's cores (a CPU profile):
+  a stage computing while others compute gets its share of the cores; ``run_simulation``
+  re-simulates with the previous simulation's timeline until it settles.
 
 Micro-batches go through every stage in submission order, so each event of micro-batch k
 on stage s depends only on micro-batch k-1 on stage s and micro-batch k on stage s-1; the
@@ -28,6 +31,7 @@ priority queue needed, O(stages) per micro-batch).
 """
 from __future__ import annotations
 
+import bisect
 import math
 import random
 from collections import deque
@@ -68,13 +72,15 @@ class VirtualClock:
 class PipelineEngine:
     """Per-stage FIFO timeline; :meth:`push` places one micro-batch on every stage."""
 
-    def __init__(self, num_stages: int, keep_records: bool = True):
+    def __init__(self, num_stages: int, keep_records: bool = True, stretch=None):
         if num_stages < 1:
             raise ValueError("need at least one stage")
         self.num_stages = num_stages
         self.free = [0.0] * num_stages  # when each stage has sent its last micro-batch
         self.records: list[StageRecord] = []
         self.keep_records = keep_records
+        # (start, work) -> how long ``work`` seconds of compute take from ``start`` (shared cores)
+        self.stretch = stretch
 
     def push(self, batch_id: int, ready: float, times: StageTimes) -> tuple[float, float]:
         """Micro-batch ``batch_id`` is handed to stage 0 at ``ready``.
@@ -86,8 +92,9 @@ class PipelineEngine:
         send = times.send  # empty: sends cost the sender nothing
         recv = times.recv  # measured receive costs: eager sends; none: a rendezvous per hop
         rec = self.records.append if self.keep_records else None
+        stretch = self.stretch
         start = ready if ready > free[0] else free[0]
-        end = start + comp[0]
+        end = start + (comp[0] if stretch is None else stretch(start, comp[0]))
         sent = end + send[0] if send else end
         free[0] = sent
         if rec:
@@ -102,12 +109,51 @@ class PipelineEngine:
                 r1 = own if own > arrive else arrive
             else:  # the transfer starts once both the data and the receive are there
                 r1 = (r0 if r0 > avail else avail) + hops[s - 1]
-            c1 = r1 + comp[s]
+            c1 = r1 + (comp[s] if stretch is None else stretch(r1, comp[s]))
             free[s] = c1 + send[s] if send else c1
             avail = c1
             if rec:
                 rec(StageRecord(s, batch_id, r0, r1, r1, c1, c1, free[s]))
         return stage0_done, avail + times.ret
+
+
+class TimeShare:
+    """Stages whose threads outnumber the host's cores share them: a stage computing while n
+    stages compute runs at speed ``min(1, cores / (threads * n))``. ``n(t)`` comes from the
+    compute intervals of a previous simulation of the same run (``records``);
+    :meth:`stretch` turns ``work`` seconds at full speed starting at ``start`` into a duration.
+    """
+
+    def __init__(self, records: list[StageRecord], cores: int, threads: int = 1):
+        ev: dict[float, int] = {}
+        for r in records:
+            if r.compute_end > r.compute_start:
+                ev[r.compute_start] = ev.get(r.compute_start, 0) + 1
+                ev[r.compute_end] = ev.get(r.compute_end, 0) - 1
+        self.xs: list[float] = []  # breakpoints
+        self.speed: list[float] = []  # speed from xs[i] to xs[i + 1] (1 after the last)
+        self.cap: list[float] = []  # full-speed seconds done from xs[0] to xs[i]
+        n, done = 0, 0.0
+        for x in sorted(ev):
+            if self.xs:
+                done += self.speed[-1] * (x - self.xs[-1])
+            n += ev[x]
+            self.xs.append(x)
+            self.cap.append(done)
+            self.speed.append(min(1.0, cores / (threads * n)) if n > 0 else 1.0)
+
+    def stretch(self, start: float, work: float) -> float:
+        xs, sp, cap = self.xs, self.speed, self.cap
+        i = bisect.bisect_right(xs, start) - 1
+        if i < 0:  # before the first interval: full speed until it
+            if not xs or start + work <= xs[0]:
+                return work
+            work -= xs[0] - start
+            return (xs[0] - start) + self.stretch(xs[0], work)
+        target = cap[i] + sp[i] * (start - xs[i]) + work
+        j = bisect.bisect_right(cap, target) - 1
+        j = max(j, i)
+        return xs[j] + (target - cap[j]) / sp[j] - start
 
 
 class SimPipeline:
@@ -116,12 +162,12 @@ class SimPipeline:
     def __init__(self, cost: CostModel, layers_per_stage: list[int], clock: VirtualClock,
                  dummy_token: int = 0, driver_blocks_on_stage0: bool = True,
                  schedule_overhead_s: float = 0.0, keep_records: bool = True, block_size: int = 16,
-                 jitter: float = 0.0, seed: int = 0):
+                 jitter: float = 0.0, seed: int = 0, stretch=None):
         self.cost = cost
         self.layers = list(layers_per_stage)
         self.num_stages = len(self.layers)
         self.clock = clock
-        self.engine = PipelineEngine(self.num_stages, keep_records)
+        self.engine = PipelineEngine(self.num_stages, keep_records, stretch)
         self.blocking = driver_blocks_on_stage0
         self.sched_overhead = schedule_overhead_s
         self._sample = SampleResult(dummy_token)
@@ -130,18 +176,18 @@ class SimPipeline:
         self.block_size = block_size  # of the runtime's cache: sizes the plan metadata on the wire
         self.jitter = jitter
         self._rng = random.Random(seed)
-        self.model_compute: dict[int, list[float]] = {}  # batch id -> modelled compute per stage (before jitter)
+        self.jitter_factor: dict[int, list[float]] = {}  # batch id -> the jitter draw per stage
 
     def times(self, plan: BatchPlan) -> StageTimes:
         t = self.cost.stage_times(BatchShape.from_plan(plan, self.block_size), self.layers)
-        if self.engine.keep_records:
-            self.model_compute[plan.id] = t.compute
         if self.jitter > 0:
             # Every stage's step varies independently from one micro-batch to the next
             # (log-normal around the modelled median time).
             g = self._rng.gauss
-            t = StageTimes([c * math.exp(self.jitter * g(0.0, 1.0)) for c in t.compute], t.transfer, t.ret,
-                           t.send, t.recv)
+            f = [math.exp(self.jitter * g(0.0, 1.0)) for _ in t.compute]
+            if self.engine.keep_records:
+                self.jitter_factor[plan.id] = f
+            t = StageTimes([c * x for c, x in zip(t.compute, f)], t.transfer, t.ret, t.send, t.recv)
         return t
 
     def submit(self, plan: BatchPlan) -> None:

@@ -74,10 +74,11 @@ def _one(run_dir: Path, profile: str, sim_cfg: SimConfig | None) -> dict:
     tl = run_dir / "timeline.json"
     if tl.exists():
         t = json.loads(tl.read_text())
-        # The cost model's own prediction per stage and micro-batch (before any jitter draw).
-        model = getattr(out, "model_compute", None) or {}
-        sim_rec = {(s, bid): c for bid, cs in model.items() for s, c in enumerate(cs)} or {
-            (r.stage, r.batch_id): r.compute_end - r.compute_start for r in out.stage_records}
+        # The simulated compute per stage and micro-batch without its jitter draw (what the
+        # cost model predicts, stretched where stages time-share cores).
+        factor = getattr(out, "jitter_factor", None) or {}
+        sim_rec = {(r.stage, r.batch_id): (r.compute_end - r.compute_start)
+                   / (factor[r.batch_id][r.stage] if r.batch_id in factor else 1.0) for r in out.stage_records}
         real_b = {b["batch_id"]: (b["num_prefill_tokens"], b["num_decode_tokens"]) for b in t["batches"]}
         sim_b = {b.batch_id: (b.num_prefill_tokens, b.num_decode_tokens) for b in out.batches}
         errs = [sim_rec[(r["stage"], r["batch_id"])] / (r["compute_end"] - r["compute_start"]) - 1.0

@@ -4,8 +4,9 @@ Everything runs the runtime's own code with random weights: the pipeline's stage
 as real :class:`~pp_sarathi.model.llama.StageModel` s with the stage's real layer count (the
 ``parallel.pp`` / ``parallel.partition`` split) and a KV cache laid out as the block manager
 lays it out, on ``cfg.device`` with the thread count a stage gets (``cores / parallel.pp``).
-On a CPU host ``pp - 1`` co-running processes (``sim.profile_corunners=-1``) execute the very
-same measurement at the same time, as the other stages of a pipeline on the same host do.
+On a CPU host ``pp - 1`` co-running processes (``sim.profile_corunners=-1``; at most one per
+further core) execute the very same measurement at the same time, as the other stages of a
+pipeline on the same host do.
 
 =================  ==========================  ==========================================
 op                 swept over                  what runs (per call)
@@ -132,15 +133,21 @@ def _contiguous_tables(lengths: list[int], block_size: int) -> list[list[int]]:
     return tables
 
 
+def host_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 def profile_threads_and_corunners(cfg: RunConfig, device: torch.device) -> tuple[int, int]:
     """(torch threads, co-running processes) of a profile: what one stage of a ``parallel.pp``
-    pipeline on this host gets (runtime/pipeline_threads.py) and how many other stages share it."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    pipeline on this host gets (runtime/pipeline_threads.py) and how many other stages share
+    the host with it. Auto: ``pp - 1`` on a CPU, but at most as many as have cores of their
+    own; more stages than cores time-share them, which the simulation models itself."""
+    cores = host_cores()
     pp = max(1, cfg.parallel.pp)
     threads = cfg.sim.profile_threads or cfg.parallel.threads_per_stage or max(1, cores // pp)
     corunners = cfg.sim.profile_corunners
-    if corunners < 0:  # auto: every other stage of the pipeline computes on this host too
-        corunners = pp - 1 if device.type == "cpu" else 0
+    if corunners < 0:
+        corunners = min(pp, max(1, cores // threads)) - 1 if device.type == "cpu" else 0
     return threads, corunners
 
 
@@ -460,7 +467,7 @@ def run_profile(cfg: RunConfig, out_csv: Path | str) -> Path:
               "dtype": cfg.model.dtype, "threads": threads, "hidden_size": arch.hidden_size,
               "intermediate_size": arch.intermediate_size, "num_heads": arch.num_heads,
               "num_kv_heads": arch.num_kv_heads, "head_dim": arch.head_dim, "vocab_size": arch.vocab_size,
-              "torch": torch.__version__}
+              "cores": host_cores() if device.type == "cpu" else 0, "torch": torch.__version__}
     rows: list[dict] = []
 
     def add(op, ts: list[float], **kw):

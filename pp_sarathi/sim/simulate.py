@@ -21,7 +21,7 @@ from ..runtime.partition import layer_counts, layer_ranges
 from ..runtime.setup import num_kv_blocks
 from ..scheduler import BlockManager, make_scheduler
 from .costmodel import CostModel, RooflineCosts, kv_capacity_tokens, make_cost_model
-from .engine import SimPipeline, VirtualClock
+from .engine import SimPipeline, TimeShare, VirtualClock
 from .workload import PlaceholderTokens, sim_requests
 
 log = logging.getLogger("pp_sarathi")
@@ -79,33 +79,51 @@ def run_simulation(cfg: RunConfig, cost: CostModel | None = None, on_finished=No
     cost = cost or make_cost_model(cfg, arch)
     requests = sim_requests(cfg.workload, arch.vocab_size, arch.eos_token_ids)
     placeholder = bool(requests) and isinstance(requests[0].prompt_token_ids, PlaceholderTokens)
-
-    if cfg.cache.num_blocks > 0:
-        blocks = BlockManager(cfg.cache.num_blocks, cfg.cache.block_size)
-    else:
-        # The default cache holds max_batch_size full-context requests, so it never binds and
-        # the block size cannot change any decision: one block per request keeps the
-        # scheduler's block tables at one entry (the same schedule, much less bookkeeping).
-        blocks = BlockManager(num_kv_blocks(cfg, arch) * cfg.cache.block_size
-                              // arch.max_position_embeddings or 1, arch.max_position_embeddings)
-    sched = make_scheduler(cfg.scheduler, blocks, arch.max_position_embeddings, pp,
-                           arch.eos_token_ids, ignore_eos=True)
-    sched.add_requests(requests, None if placeholder else arch.vocab_size)
-
-    clock = VirtualClock()
     jitter = cfg.sim.jitter if cfg.sim.jitter >= 0 else getattr(cost, "jitter", 0.0)
-    pipe = SimPipeline(cost, counts, clock, dummy_token(cfg, arch), cfg.sim.driver_blocks_on_stage0,
-                       cfg.sim.schedule_overhead_us * 1e-6, block_size=cfg.cache.block_size,
-                       jitter=jitter, seed=cfg.sim.seed)
     if on_finished is None and cfg.sim.progress_every:
         on_finished = _Progress(cfg.sim.progress_every, len(requests), cfg.scheduler.name)
-    batches = drive(sched, pipe, clock, on_finished)
+
+    def once(stretch, callback):
+        if cfg.cache.num_blocks > 0:
+            blocks = BlockManager(cfg.cache.num_blocks, cfg.cache.block_size)
+        else:
+            # The default cache holds max_batch_size full-context requests, so it never binds and
+            # the block size cannot change any decision: one block per request keeps the
+            # scheduler's block tables at one entry (the same schedule, much less bookkeeping).
+            blocks = BlockManager(num_kv_blocks(cfg, arch) * cfg.cache.block_size
+                                  // arch.max_position_embeddings or 1, arch.max_position_embeddings)
+        sched = make_scheduler(cfg.scheduler, blocks, arch.max_position_embeddings, pp,
+                               arch.eos_token_ids, ignore_eos=True)
+        sched.add_requests(requests, None if placeholder else arch.vocab_size)
+        clock = VirtualClock()
+        pipe = SimPipeline(cost, counts, clock, dummy_token(cfg, arch), cfg.sim.driver_blocks_on_stage0,
+                           cfg.sim.schedule_overhead_us * 1e-6, block_size=cfg.cache.block_size,
+                           jitter=jitter, seed=cfg.sim.seed, stretch=stretch)
+        batches = drive(sched, pipe, clock, callback)
+        return blocks, sched, clock, pipe, batches
+
+    # More stage threads than the profiled host's cores: stages computing at the same time
+    # share them. Their speed depends on how many compute at once, which depends on their
+    # speed: iterate, each simulation taking the previous one's timeline.
+    threads = max(1, int(getattr(cost, "threads", 1) or 1))
+    cores = int(getattr(cost, "cores", 0) or 0)
+    time_share = bool(cores) and pp * threads > cores and cfg.sim.time_share_iterations > 0
+    walls = []
+    stretch = None
+    runs = 1 + (cfg.sim.time_share_iterations if time_share else 0)
+    for it in range(runs):
+        blocks, sched, clock, pipe, batches = once(stretch, on_finished if it == runs - 1 else None)
+        walls.append(clock.now())
+        if it < runs - 1:
+            stretch = TimeShare(pipe.records, cores, threads).stretch
     seqs = [sched.seqs[r.index] for r in requests]
     host_s = time.perf_counter() - host_t0
 
     info = {"cost_model": cost.describe(), "host_s": host_s, "virtual_s": clock.now(),
             "num_batches": len(batches), "kv_blocks": blocks.num_blocks, "kv_block_size": blocks.block_size,
             "layers_per_stage": counts, "stage_busy_s": pipe.busy_s, "jitter": jitter, "seed": cfg.sim.seed}
+    if time_share:
+        info["time_share"] = {"cores": cores, "threads_per_stage": threads, "wall_s_per_iteration": walls}
     if isinstance(cost, RooflineCosts):
         cap = kv_capacity_tokens(arch, cfg.hardware, max(counts), cost.dtype)
         need = blocks.num_blocks * blocks.block_size
@@ -119,7 +137,7 @@ def run_simulation(cfg: RunConfig, cost: CostModel | None = None, on_finished=No
         else str(cost.describe().get("device")))
     out = RunOutcome(seqs, batches, pipe.records, pp, clock.now(), ranges, device, None)
     out.sim_info = info  # type: ignore[attr-defined]
-    out.model_compute = pipe.model_compute  # type: ignore[attr-defined]
+    out.jitter_factor = pipe.jitter_factor  # type: ignore[attr-defined]
     return out
 
 
