@@ -477,6 +477,36 @@ def test_fidelity_simulates_with_the_callers_sim_settings(tiny_profile, tmp_path
     assert rep[cfg.scheduler.name]["error"]["wall_s"] is not None
 
 
+def test_fidelity_over_repeats_measures_against_the_median_real_run(tiny_profile, tmp_path):
+    import json
+    from dataclasses import asdict
+
+    from pp_sarathi.sim.fidelity import fidelity_over_repeats
+    from pp_sarathi.sim.config import SimConfig
+
+    cfg = tiny_cfg(num_requests=4)
+    cfg.sim.jitter = 0.0
+    base = simulation_results(run_simulation(_with_profile(cfg, tiny_profile)), asdict(cfg))
+    dirs = []
+    for k, scale in enumerate((1.1, 1.0, 0.8)):  # three "real" runs: slower, as simulated, faster
+        r = copy.deepcopy(base)
+        r["wall_s"] *= scale
+        r["throughput"]["tokens_per_s"] /= scale
+        d = tmp_path / f"r{k}"
+        d.mkdir()
+        (d / "results.json").write_text(json.dumps(r))
+        dirs.append(d)
+    rep = fidelity_over_repeats(dirs, tiny_profile, SimConfig(jitter=0.0))[cfg.scheduler.name]
+    assert rep["repeats"] == 3
+    assert rep["error"]["wall_s"] == pytest.approx(0.0, abs=1e-9)  # the median run is the simulation's twin
+    assert rep["real_spread"]["wall_s"] == pytest.approx([-0.2, 0.1])
+    assert rep["error_per_run"][0]["wall_s"] == pytest.approx(1 / 1.1 - 1)
+    both = fidelity_over_repeats(dirs, [tiny_profile, tiny_profile], SimConfig(jitter=0.0))[cfg.scheduler.name]
+    assert len(both["sim_per_profile"]) == 2 and both["sim"]["wall_s"] == pytest.approx(rep["sim"]["wall_s"])
+    with pytest.raises(ValueError, match="at least one"):
+        fidelity_over_repeats([], tiny_profile)
+
+
 def _with_profile(cfg, profile):
     c = copy.deepcopy(cfg)
     c.sim.profile = str(profile)

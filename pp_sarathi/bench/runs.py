@@ -25,8 +25,9 @@ def cli_exe() -> list[str]:
     return [sys.executable, "-m", "pp_sarathi"]
 
 
-def run_cli(command: str, overrides: list[str], run_dir: Path, timeout: float = 3600) -> dict:
-    """``pp-sarathi COMMAND overrides... hydra.run.dir=run_dir``; returns results.json (+ wall)."""
+def run_cli(command: str, overrides: list[str], run_dir: Path, timeout: float = 3600, results: bool = True) -> dict:
+    """``pp-sarathi COMMAND overrides... hydra.run.dir=run_dir``; returns results.json (+ wall),
+    or only the wall and command with ``results=False`` (commands that write other files)."""
     run_dir = Path(run_dir)
     cmd = cli_exe() + [command, *overrides, *QUIET, f"hydra.run.dir={run_dir}"]
     t0 = time.perf_counter()
@@ -36,10 +37,10 @@ def run_cli(command: str, overrides: list[str], run_dir: Path, timeout: float = 
     (run_dir / "stdout.txt").write_text(proc.stdout + "\n--- stderr ---\n" + proc.stderr)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed (rc={proc.returncode}):\n{proc.stderr[-3000:]}")
-    results = json.loads((run_dir / "results.json").read_text())
-    results["_process_s"] = elapsed
-    results["_command"] = cmd
-    return results
+    out = json.loads((run_dir / "results.json").read_text()) if results else {}
+    out["_process_s"] = elapsed
+    out["_command"] = cmd
+    return out
 
 
 def read_outputs(run_dir: Path) -> list[dict]:

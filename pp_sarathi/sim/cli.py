@@ -6,7 +6,9 @@
   ``compare.schedulers`` -> ``<run dir>/<name>/...`` plus ``compare.json`` (DESIGN.md §3 ratios)
   and ``compare_timeline.png``.
 * ``sim.validate_against=REAL_RUN_DIR sim.profile=CSV``: re-simulate a real ``run``/``compare``
-  (its own resolved config) and write ``fidelity.json`` (simulated / real - 1 per metric).
+  (its own resolved config) and write ``fidelity.json`` (simulated / real - 1 per metric);
+  repeated runs of one setting (a glob such as ``runs/fid/main_r*``, or a quoted comma-separated
+  list) are compared with their median.
 
 A paper-scale simulation has ~10^5 micro-batches; the trace, timeline.json and pictures show
 the first ``sim.trace_max_batches`` of them (results.json always covers the whole run).
@@ -14,6 +16,7 @@ the first ``sim.trace_max_batches`` of them (results.json always covers the whol
 from __future__ import annotations
 
 import copy
+import glob
 import json
 import logging
 from dataclasses import asdict
@@ -70,17 +73,29 @@ def simulate_command(cfg: RunConfig, cfg_dict: dict, run_dir: str) -> dict:
 
     max_batches = cfg.sim.trace_max_batches
     if cfg.sim.validate_against:
-        from .fidelity import fidelity_report
+        from .fidelity import fidelity_over_repeats, fidelity_report
         if not cfg.sim.profile:
             raise ValueError("sim.validate_against needs sim.profile (a profile taken on the real run's machine)")
-        report = fidelity_report(cfg.sim.validate_against, cfg.sim.profile, cfg.sim)
+        dirs, missing = [], []
+        for item in (d.strip() for d in str(cfg.sim.validate_against).split(",")):
+            found = sorted(glob.glob(item)) if item else []
+            dirs += [d for d in found if Path(d).is_dir()]
+            if item and not found:
+                missing.append(item)
+        if missing or not dirs:
+            raise ValueError(f"sim.validate_against: no such run dir: {', '.join(missing) or cfg.sim.validate_against}")
+        if len(dirs) == 1:
+            report = fidelity_report(dirs[0], cfg.sim.profile, cfg.sim)
+        else:  # repeats of one setting: errors against their median
+            report = fidelity_over_repeats(dirs, cfg.sim.profile, cfg.sim)
         Path(run_dir).mkdir(parents=True, exist_ok=True)
         (Path(run_dir) / "fidelity.json").write_text(json.dumps(report, indent=2))
+        against = "real" if len(dirs) == 1 else f"median of {len(dirs)} real runs"
         for name, r in report.items():
             e = r["error"]
             print(f"{name}: wall {e['wall_s']:+.1%}  throughput {e['tokens_per_s']:+.1%}  "
                   f"bubble total {e['bubble_total_s']:+.1%}  bubble/request p50 {e['bubble_per_request_p50_ms']:+.1%}"
-                  "  (simulated / real - 1)")
+                  f"  (simulated / {against} - 1)")
         log.info("wrote %s/fidelity.json", run_dir)
         return report
     if not cfg.sim.compare:

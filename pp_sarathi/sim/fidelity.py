@@ -1,6 +1,7 @@
 """Fidelity: simulate a finished real run (or compare) with a profile and report the errors.
 
-    fidelity_report(real_dir, profile_csv) -> dict
+    fidelity_report(real_dir, profile_csv) -> dict            # one real run
+    fidelity_over_repeats([real_dir, ...], profile_csv) -> dict  # median of repeated real runs
 
 ``real_dir`` is a ``run`` dir (results.json) or a ``compare`` dir (compare.json + one sub-dir
 per scheduler). The run's resolved config (results.json ``config``) is rebuilt, pointed at the
@@ -45,7 +46,19 @@ def _rel(sim: float | None, real: float | None) -> float | None:
     return sim / real - 1.0
 
 
-def _one(run_dir: Path, profile: str, sim_cfg: SimConfig | None) -> dict:
+METRICS = ("wall_s", "tokens_per_s", "bubble_total_s", "bubble_per_request_p50_ms")
+
+
+def _metrics(results: dict) -> dict:
+    """The compared numbers of one results.json (real or simulated)."""
+    return {"wall_s": results["wall_s"], "tokens_per_s": results["throughput"]["tokens_per_s"],
+            "bubble_total_s": results["bubble"]["total_s"],
+            "bubble_per_request_p50_ms": results["bubble"]["per_request_ms"]["p50"],
+            "compute_s": [s["compute_s"] for s in results["stages"]]}
+
+
+def _simulate(run_dir: Path, profile: str, sim_cfg: SimConfig | None):
+    """Simulate the real run in ``run_dir`` (its own resolved config) with ``profile``."""
     real = json.loads((run_dir / "results.json").read_text())
     cfg = run_config_from_dict(real.get("config") or {})
     # The simulation settings are the caller's (not whatever the real run was started with).
@@ -54,42 +67,94 @@ def _one(run_dir: Path, profile: str, sim_cfg: SimConfig | None) -> dict:
     cfg.sim.compare = False
     cfg.sim.validate_against = None
     out = run_simulation(cfg)
-    sim = simulation_results(out, {})
-    report = {
-        "scheduler": cfg.scheduler.name, "pp": cfg.parallel.pp,
-        "real": {"wall_s": real["wall_s"], "tokens_per_s": real["throughput"]["tokens_per_s"],
-                 "bubble_total_s": real["bubble"]["total_s"],
-                 "bubble_per_request_p50_ms": real["bubble"]["per_request_ms"]["p50"],
-                 "compute_s": [s["compute_s"] for s in real["stages"]]},
-        "sim": {"wall_s": sim["wall_s"], "tokens_per_s": sim["throughput"]["tokens_per_s"],
-                "bubble_total_s": sim["bubble"]["total_s"],
-                "bubble_per_request_p50_ms": sim["bubble"]["per_request_ms"]["p50"],
-                "compute_s": [s["compute_s"] for s in sim["stages"]]},
-    }
+    return cfg, out, simulation_results(out, {})
+
+
+def _per_batch_error(run_dir: Path, out) -> dict | None:
+    """Simulated / real - 1 of every stage's compute per micro-batch (needs timeline.json)."""
+    tl = run_dir / "timeline.json"
+    if not tl.exists():
+        return None
+    t = json.loads(tl.read_text())
+    # The simulated compute per stage and micro-batch without its jitter draw (what the
+    # cost model predicts, stretched where stages time-share cores).
+    factor = getattr(out, "jitter_factor", None) or {}
+    sim_rec = {(r.stage, r.batch_id): (r.compute_end - r.compute_start)
+               / (factor[r.batch_id][r.stage] if r.batch_id in factor else 1.0) for r in out.stage_records}
+    real_b = {b["batch_id"]: (b["num_prefill_tokens"], b["num_decode_tokens"]) for b in t["batches"]}
+    sim_b = {b.batch_id: (b.num_prefill_tokens, b.num_decode_tokens) for b in out.batches}
+    errs = [sim_rec[(r["stage"], r["batch_id"])] / (r["compute_end"] - r["compute_start"]) - 1.0
+            for r in t["stage_records"]
+            if (r["stage"], r["batch_id"]) in sim_rec and r["compute_end"] > r["compute_start"]]
+    if not errs:
+        return None
+    a = np.asarray(errs)
+    return {"same_batches": real_b == sim_b, "count": int(a.size), "median": float(np.median(a)),
+            "mean_abs": float(np.abs(a).mean()), "p10": float(np.percentile(a, 10)),
+            "p90": float(np.percentile(a, 90))}
+
+
+def _one(run_dir: Path, profile: str, sim_cfg: SimConfig | None) -> dict:
+    real = json.loads((run_dir / "results.json").read_text())
+    cfg, out, sim = _simulate(run_dir, profile, sim_cfg)
+    report = {"scheduler": cfg.scheduler.name, "pp": cfg.parallel.pp, "real": _metrics(real), "sim": _metrics(sim)}
     report["cost_model"] = sim["sim"].get("cost_model")
     report["jitter"] = sim["sim"].get("jitter")
-    report["error"] = {k: _rel(report["sim"][k], report["real"][k])
-                       for k in ("wall_s", "tokens_per_s", "bubble_total_s", "bubble_per_request_p50_ms")}
+    report["error"] = {k: _rel(report["sim"][k], report["real"][k]) for k in METRICS}
     report["error"]["compute_s"] = [_rel(a, b) for a, b in zip(report["sim"]["compute_s"], report["real"]["compute_s"])]
-    tl = run_dir / "timeline.json"
-    if tl.exists():
-        t = json.loads(tl.read_text())
-        # The simulated compute per stage and micro-batch without its jitter draw (what the
-        # cost model predicts, stretched where stages time-share cores).
-        factor = getattr(out, "jitter_factor", None) or {}
-        sim_rec = {(r.stage, r.batch_id): (r.compute_end - r.compute_start)
-                   / (factor[r.batch_id][r.stage] if r.batch_id in factor else 1.0) for r in out.stage_records}
-        real_b = {b["batch_id"]: (b["num_prefill_tokens"], b["num_decode_tokens"]) for b in t["batches"]}
-        sim_b = {b.batch_id: (b.num_prefill_tokens, b.num_decode_tokens) for b in out.batches}
-        errs = [sim_rec[(r["stage"], r["batch_id"])] / (r["compute_end"] - r["compute_start"]) - 1.0
-                for r in t["stage_records"]
-                if (r["stage"], r["batch_id"]) in sim_rec and r["compute_end"] > r["compute_start"]]
-        if errs:
-            a = np.asarray(errs)
-            report["per_batch_compute_error"] = {
-                "same_batches": real_b == sim_b, "count": int(a.size), "median": float(np.median(a)),
-                "mean_abs": float(np.abs(a).mean()), "p10": float(np.percentile(a, 10)),
-                "p90": float(np.percentile(a, 90))}
+    per_batch = _per_batch_error(run_dir, out)
+    if per_batch:
+        report["per_batch_compute_error"] = per_batch
+    return report
+
+
+def _scheduler_dirs(d: Path) -> dict[str, Path]:
+    if (d / "compare.json").exists():
+        return {name: d / name for name in json.loads((d / "compare.json").read_text())["schedulers"]}
+    return {json.loads((d / "results.json").read_text())["config"]["scheduler"]["name"]: d}
+
+
+def fidelity_over_repeats(real_dirs: list[str | Path], profile: str | Path | list[str | Path],
+                          sim_cfg: SimConfig | None = None) -> dict:
+    """Errors of the simulation against the **median** of repeated real runs of one setting.
+
+    A CPU pipeline on a shared host varies from run to run by several percent (measured:
+    ±10% wall on 2 cores), so a single real run is a noisy target; the real spread
+    (min/max of each metric over the repeats, relative to their median) is reported next to
+    the error so the two can be read together. ``real_dirs`` are ``run`` or ``compare`` dirs
+    of the same setting (same resolved config apart from the output dir). ``profile`` may be
+    several profiles of the same machine (e.g. taken before and after the real runs, to
+    bracket slow drifts of a shared host's speed): the simulated metrics are then the mean of
+    the simulations with each (``sim_per_profile`` keeps them apart)."""
+    dirs = [Path(d) for d in real_dirs]
+    if not dirs:
+        raise ValueError("fidelity_over_repeats needs at least one real run dir")
+    profiles = [str(p) for p in (profile if isinstance(profile, (list, tuple)) else [profile])]
+    per_dir = [_scheduler_dirs(d) for d in dirs]
+    report = {}
+    for name in per_dir[0]:
+        runs = [pd[name] for pd in per_dir if name in pd]
+        reals = [_metrics(json.loads((r / "results.json").read_text())) for r in runs]
+        sims, per_batch = [], []
+        for prof in profiles:
+            cfg, out, sim = _simulate(runs[0], prof, sim_cfg)
+            sims.append(_metrics(sim))
+            per_batch.append([_per_batch_error(r, out) for r in runs])
+        simm = {k: float(np.mean([m[k] for m in sims])) for k in METRICS}
+        simm["compute_s"] = [float(x) for x in np.mean([m["compute_s"] for m in sims], axis=0)]
+        median = {k: float(np.median([r[k] for r in reals])) for k in METRICS}
+        report[name] = {
+            "scheduler": name, "pp": cfg.parallel.pp, "repeats": len(runs), "runs": [str(r) for r in runs],
+            "profiles": profiles, "real": reals, "real_median": median,
+            "real_spread": {k: [min(r[k] for r in reals) / median[k] - 1.0 if median[k] else None,
+                                max(r[k] for r in reals) / median[k] - 1.0 if median[k] else None] for k in METRICS},
+            "sim": simm, "sim_per_profile": sims, "cost_model": sim["sim"].get("cost_model"),
+            "jitter": sim["sim"].get("jitter"),
+            "error": {k: _rel(simm[k], median[k]) for k in METRICS},
+            "error_per_profile": [{k: _rel(m[k], median[k]) for k in METRICS} for m in sims],
+            "error_per_run": [{k: _rel(simm[k], r[k]) for k in METRICS} for r in reals],
+            "per_batch_compute_error": per_batch,  # [profile][run]
+        }
     return report
 
 
@@ -98,8 +163,4 @@ def fidelity_report(real_dir: str | Path, profile: str | Path, sim_cfg: SimConfi
 
     ``sim_cfg``: the simulation settings (profile statistic, jitter, seed...; default: the
     defaults); the workload, scheduler, model and parallelism are the real run's."""
-    d = Path(real_dir)
-    if (d / "compare.json").exists():
-        names = list(json.loads((d / "compare.json").read_text())["schedulers"])
-        return {name: _one(d / name, str(profile), sim_cfg) for name in names}
-    return {json.loads((d / "results.json").read_text())["config"]["scheduler"]["name"]: _one(d, str(profile), sim_cfg)}
+    return {name: _one(d, str(profile), sim_cfg) for name, d in _scheduler_dirs(Path(real_dir)).items()}
