@@ -10,6 +10,8 @@
    **median** of the real repeats (sim.fidelity.fidelity_over_repeats). The real runs' own
    spread and the error with each profile alone are printed too. Nothing is fitted to the
    real runs: the simulations only read the profiles.
+5. each real run replayed through the event engine with its own recorded compute times: the
+   engine's share of the error, apart from the cost model's.
 
     .venv/bin/python scripts/sim_fidelity.py                          # README setting + chunk 64, 3 repeats
     .venv/bin/python scripts/sim_fidelity.py --settings main,pp3 --repeats 5
@@ -41,6 +43,21 @@ def pp_of(overrides: list[str]) -> int:
         if o.startswith("parallel.pp="):
             return int(o.split("=", 1)[1])
     return 2  # the config default
+
+
+def stage_step_drift(before: str, after: str) -> float:
+    """Median ratio after / before of the whole-stage-step rows of two profiles of one machine
+    (- 1): how much the host's speed moved between them."""
+    from statistics import median
+
+    from pp_sarathi.sim.costmodel import read_profile
+
+    def steps(path):
+        return {(r["stage"], r["chunk"], r["prefills"], r["cached"], r["batch"], r["context"]): r["seconds"]
+                for r in read_profile(path) if r["op"] == "stage"}
+    a, b = steps(before), steps(after)
+    ratios = [b[k] / a[k] for k in a if k in b and a[k] > 0]
+    return median(ratios) - 1.0 if ratios else float("nan")
 
 
 def pct(x: float | None) -> str:
@@ -96,7 +113,7 @@ def main(argv=None) -> int:
     if not args.profile and not args.no_bracket:
         take_profiles("after")
 
-    report, rows, by_profile = {}, [], []
+    report, rows, by_profile, replay = {}, [], [], []
     for s in names:
         rep = fidelity_over_repeats(dirs[s], profiles[pp_of(overrides[s])], SimConfig())
         report[s] = rep
@@ -106,15 +123,27 @@ def main(argv=None) -> int:
                            for m in METRICS])
             by_profile.append([s, sched] + [" / ".join(pct(e[m]) for e in r["error_per_profile"])
                                             for m in ("tokens_per_s", "bubble_total_s")])
+            reps = [e for e in r["engine_replay_error"] if e]
+            replay.append([s, sched] + [", ".join(pct(e[m]) for e in reps) for m in METRICS])
     table = md_table(["setting", "scheduler", "real wall (median)", "simulated wall"]
                      + [f"{LABELS[m]}: error (real spread)" for m in METRICS], rows)
     worst = max(abs(r["error"][m]) for rep in report.values() for r in rep.values()
                 for m in ("tokens_per_s", "bubble_total_s"))
-    text = (f"{machine_note()}\n\nError = simulated (mean over the profiles) / median of {args.repeats} real runs - 1; "
+    drift = ""
+    for pp, ps in profiles.items():
+        if len(ps) == 2:
+            d = stage_step_drift(ps[0], ps[1])
+            drift += (f"\nHost speed: pp={pp} stage steps took {pct(d)} in the profile after the real runs vs the one "
+                      "before" + (" -- MORE THAN 5 %: the host's speed drifted during the campaign, so the errors "
+                                  "measure the host as much as the simulator.\n" if abs(d) > 0.05 else ".\n"))
+    text = (f"{machine_note()}\n{drift}\nError = simulated (mean over the profiles) / median of {args.repeats} real runs - 1; "
             "real spread = min..max of the real runs relative to their median.\n\n" + table
             + f"\n\nlargest |error| on throughput and bubble total: {100 * worst:.1f}%\n"
             + "\nWith each profile alone (" + " / ".join(Path(p).parent.name for p in profiles[depths[0]])
-            + "):\n\n" + md_table(["setting", "scheduler", "throughput error", "bubble total error"], by_profile) + "\n")
+            + "):\n\n" + md_table(["setting", "scheduler", "throughput error", "bubble total error"], by_profile)
+            + "\n\nThe event engine alone (each real run replayed with its own recorded compute times, "
+            "transport from the profile; error per run):\n\n"
+            + md_table(["setting", "scheduler"] + [LABELS[m] for m in METRICS], replay) + "\n")
     (out / "fidelity.md").write_text(text)
     (out / "fidelity.json").write_text(json.dumps({"profiles": profiles, "settings": overrides, "report": report},
                                                   indent=2))

@@ -471,7 +471,7 @@ def test_fidelity_simulates_with_the_callers_sim_settings(tiny_profile, tmp_path
     (tmp_path / "results.json").write_text(json.dumps(real))
     seen = []
     orig = fidelity.run_simulation
-    monkeypatch.setattr(fidelity, "run_simulation", lambda c: seen.append(copy.deepcopy(c.sim)) or orig(c))
+    monkeypatch.setattr(fidelity, "run_simulation", lambda c, **kw: seen.append(copy.deepcopy(c.sim)) or orig(c, **kw))
     rep = fidelity.fidelity_report(tmp_path, tiny_profile, SimConfig(jitter=0.0))
     assert seen[0].profile_statistic == "median" and seen[0].jitter == 0.0
     assert rep[cfg.scheduler.name]["error"]["wall_s"] is not None
@@ -505,6 +505,27 @@ def test_fidelity_over_repeats_measures_against_the_median_real_run(tiny_profile
     assert len(both["sim_per_profile"]) == 2 and both["sim"]["wall_s"] == pytest.approx(rep["sim"]["wall_s"])
     with pytest.raises(ValueError, match="at least one"):
         fidelity_over_repeats([], tiny_profile)
+
+
+def test_engine_replay_of_a_runs_own_compute_reproduces_it(tiny_profile, tmp_path):
+    """Replaying recorded compute times through the engine gives back the recorded run."""
+    import json
+    from dataclasses import asdict
+
+    from pp_sarathi.sim.cli import write_sim_artifacts
+    from pp_sarathi.sim.config import SimConfig
+    from pp_sarathi.sim import fidelity
+    from pp_sarathi.sim.fidelity import engine_replay_error
+
+    cfg = tiny_cfg(num_requests=6)
+    cfg.parallel.pp, cfg.sim.jitter = 2, 0.3  # a jittery "real" run: the cost model alone cannot reproduce it
+    out = run_simulation(_with_profile(cfg, tiny_profile))
+    results = simulation_results(out, asdict(cfg))
+    write_sim_artifacts(out, results, {"logging": {"trace": False, "timeline": False}}, tmp_path, 0)
+    replayed = engine_replay_error(tmp_path, tiny_profile, SimConfig(jitter=0.0))
+    assert all(abs(v) < 1e-9 for v in replayed.values()), replayed
+    _, _, modelled = fidelity._simulate(tmp_path, str(tiny_profile), SimConfig(jitter=0.0))
+    assert modelled["wall_s"] != pytest.approx(results["wall_s"], rel=1e-6)
 
 
 def _with_profile(cfg, profile):

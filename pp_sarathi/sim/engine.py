@@ -162,7 +162,8 @@ class SimPipeline:
     def __init__(self, cost: CostModel, layers_per_stage: list[int], clock: VirtualClock,
                  dummy_token: int = 0, driver_blocks_on_stage0: bool = True,
                  schedule_overhead_s: float = 0.0, keep_records: bool = True, block_size: int = 16,
-                 jitter: float = 0.0, seed: int = 0, stretch=None):
+                 jitter: float = 0.0, seed: int = 0, stretch=None,
+                 replay: dict[tuple[int, int], float] | None = None):
         self.cost = cost
         self.layers = list(layers_per_stage)
         self.num_stages = len(self.layers)
@@ -177,9 +178,16 @@ class SimPipeline:
         self.jitter = jitter
         self._rng = random.Random(seed)
         self.jitter_factor: dict[int, list[float]] = {}  # batch id -> the jitter draw per stage
+        # (stage, batch id) -> seconds: compute times recorded by a real run, used instead of
+        # the cost model's (checks the event engine on its own; transport stays modelled)
+        self.replay = replay
 
     def times(self, plan: BatchPlan) -> StageTimes:
         t = self.cost.stage_times(BatchShape.from_plan(plan, self.block_size), self.layers)
+        if self.replay is not None:
+            rec = self.replay
+            return StageTimes([rec.get((s, plan.id), c) for s, c in enumerate(t.compute)], t.transfer, t.ret,
+                              t.send, t.recv)
         if self.jitter > 0:
             # Every stage's step varies independently from one micro-batch to the next
             # (log-normal around the modelled median time).

@@ -2,6 +2,7 @@
 
     fidelity_report(real_dir, profile_csv) -> dict            # one real run
     fidelity_over_repeats([real_dir, ...], profile_csv) -> dict  # median of repeated real runs
+    engine_replay_error(real_dir, profile_csv) -> dict            # the event engine alone
 
 ``real_dir`` is a ``run`` dir (results.json) or a ``compare`` dir (compare.json + one sub-dir
 per scheduler). The run's resolved config (results.json ``config``) is rebuilt, pointed at the
@@ -57,8 +58,9 @@ def _metrics(results: dict) -> dict:
             "compute_s": [s["compute_s"] for s in results["stages"]]}
 
 
-def _simulate(run_dir: Path, profile: str, sim_cfg: SimConfig | None):
-    """Simulate the real run in ``run_dir`` (its own resolved config) with ``profile``."""
+def _simulate(run_dir: Path, profile: str, sim_cfg: SimConfig | None, replay: bool = False):
+    """Simulate the real run in ``run_dir`` (its own resolved config) with ``profile``; with
+    ``replay``, the run's own recorded compute times replace the cost model's (timeline.json)."""
     real = json.loads((run_dir / "results.json").read_text())
     cfg = run_config_from_dict(real.get("config") or {})
     # The simulation settings are the caller's (not whatever the real run was started with).
@@ -66,8 +68,23 @@ def _simulate(run_dir: Path, profile: str, sim_cfg: SimConfig | None):
     cfg.sim.profile = str(profile)
     cfg.sim.compare = False
     cfg.sim.validate_against = None
-    out = run_simulation(cfg)
+    recorded = None
+    if replay:
+        t = json.loads((run_dir / "timeline.json").read_text())
+        recorded = {(r["stage"], r["batch_id"]): r["compute_end"] - r["compute_start"] for r in t["stage_records"]}
+    out = run_simulation(cfg, replay=recorded)
     return cfg, out, simulation_results(out, {})
+
+
+def engine_replay_error(run_dir: Path, profile: str, sim_cfg: SimConfig | None = None) -> dict | None:
+    """The event engine alone: simulate the run with its own recorded compute times (transport
+    from the profile) and compare with the run. Separates the engine's error from the cost
+    model's; needs timeline.json."""
+    if not (Path(run_dir) / "timeline.json").exists():
+        return None
+    real = _metrics(json.loads((Path(run_dir) / "results.json").read_text()))
+    _, _, sim = _simulate(Path(run_dir), profile, sim_cfg, replay=True)
+    return {k: _rel(_metrics(sim)[k], real[k]) for k in METRICS}
 
 
 def _per_batch_error(run_dir: Path, out) -> dict | None:
@@ -105,6 +122,9 @@ def _one(run_dir: Path, profile: str, sim_cfg: SimConfig | None) -> dict:
     per_batch = _per_batch_error(run_dir, out)
     if per_batch:
         report["per_batch_compute_error"] = per_batch
+    replayed = engine_replay_error(run_dir, profile, sim_cfg)
+    if replayed:
+        report["engine_replay_error"] = replayed
     return report
 
 
@@ -154,6 +174,7 @@ def fidelity_over_repeats(real_dirs: list[str | Path], profile: str | Path | lis
             "error_per_profile": [{k: _rel(m[k], median[k]) for k in METRICS} for m in sims],
             "error_per_run": [{k: _rel(simm[k], r[k]) for k in METRICS} for r in reals],
             "per_batch_compute_error": per_batch,  # [profile][run]
+            "engine_replay_error": [engine_replay_error(r, profiles[0], sim_cfg) for r in runs],
         }
     return report
 

@@ -62,10 +62,13 @@ class _Progress:
             self.next += self.every
 
 
-def run_simulation(cfg: RunConfig, cost: CostModel | None = None, on_finished=None) -> RunOutcome:
+def run_simulation(cfg: RunConfig, cost: CostModel | None = None, on_finished=None,
+                   replay: dict[tuple[int, int], float] | None = None) -> RunOutcome:
     """Simulate ``cfg`` (scheduler, workload, ``parallel.pp`` stages) on the cost model
     (``sim.profile`` CSV, else the ``hardware`` roofline). Tokens are a dummy non-EOS id and
-    every request runs to its ``max_tokens`` (ignore_eos semantics).
+    every request runs to its ``max_tokens`` (ignore_eos semantics). ``replay``: the
+    (stage, batch id) -> compute seconds of a real run of the same config, used instead of the
+    cost model's compute (no jitter, no time sharing: they are in the recorded times).
 
     The returned outcome carries ``sim_info`` (a dict: cost model, host seconds, KV check).
     """
@@ -98,7 +101,7 @@ def run_simulation(cfg: RunConfig, cost: CostModel | None = None, on_finished=No
         clock = VirtualClock()
         pipe = SimPipeline(cost, counts, clock, dummy_token(cfg, arch), cfg.sim.driver_blocks_on_stage0,
                            cfg.sim.schedule_overhead_us * 1e-6, block_size=cfg.cache.block_size,
-                           jitter=jitter, seed=cfg.sim.seed, stretch=stretch)
+                           jitter=jitter, seed=cfg.sim.seed, stretch=stretch, replay=replay)
         batches = drive(sched, pipe, clock, callback)
         return blocks, sched, clock, pipe, batches
 
@@ -107,7 +110,7 @@ def run_simulation(cfg: RunConfig, cost: CostModel | None = None, on_finished=No
     # speed: iterate, each simulation taking the previous one's timeline.
     threads = max(1, int(getattr(cost, "threads", 1) or 1))
     cores = int(getattr(cost, "cores", 0) or 0)
-    time_share = bool(cores) and pp * threads > cores and cfg.sim.time_share_iterations > 0
+    time_share = bool(cores) and pp * threads > cores and cfg.sim.time_share_iterations > 0 and replay is None
     walls = []
     stretch = None
     runs = 1 + (cfg.sim.time_share_iterations if time_share else 0)
