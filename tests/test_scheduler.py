@@ -495,3 +495,15 @@ def test_all_policies_generate_identical_outputs(setting):
     for policy in POLICIES:
         assert results[policy] == expect, policy
     assert any(reason == "stop" for reason, _ in expect)  # both finish paths are exercised
+
+
+def test_sequence_token_ids_across_prompt_and_outputs():
+    from pp_sarathi.scheduler.sequence import Sequence
+
+    seq = Sequence(Request("r", [10, 11, 12], max_tokens=5))
+    seq.output_token_ids = [20, 21]
+    assert seq.token_ids(0, 2) == [10, 11]
+    assert seq.token_ids(1, 5) == [11, 12, 20, 21]  # across the boundary (recompute after preemption)
+    assert seq.token_ids(4, 5) == [21]  # a decode
+    assert seq.token_ids(3, 5) == [20, 21]
+    assert seq.token_ids(0, 5) == [10, 11, 12, 20, 21]

@@ -186,6 +186,8 @@ class Scheduler:
     def ensure_blocks(self, seq: Sequence, num_tokens: int, protect: set[int], now: float) -> bool:
         """Make ``seq`` hold ``num_tokens`` tokens, preempting (recompute) the newest idle requests
         if memory runs out. Returns False when that is not possible right now."""
+        if self.blocks.extra_blocks(seq, num_tokens) == 0:
+            return True  # the common decode step: its last block still has room
         while not self.blocks.can_hold(seq, num_tokens):
             victim = next((s for s in reversed(self.running)
                            if s is not seq and not s.in_flight and s.index not in protect), None)

@@ -33,6 +33,10 @@ class Sequence:
     preempted_s: float = 0.0
     _preempted_at: float | None = None
 
+    def __post_init__(self):
+        # Prompts never change; simulated ones are lazy sequences whose len() is Python code.
+        self.prompt_len = len(self.request.prompt_token_ids)
+
     @property
     def index(self) -> int:
         return self.request.index
@@ -43,13 +47,16 @@ class Sequence:
 
     @property
     def num_tokens(self) -> int:
-        return len(self.request.prompt_token_ids) + len(self.output_token_ids)
+        return self.prompt_len + len(self.output_token_ids)
 
     def token_ids(self, start: int, end: int) -> list[int]:
         prompt = self.request.prompt_token_ids
-        if end <= len(prompt):
+        n = self.prompt_len
+        if end <= n:
             return prompt[start:end]
-        return (prompt + self.output_token_ids)[start:end]
+        if start >= n:  # decodes: never copy the whole prompt for one token
+            return self.output_token_ids[start - n:end - n]
+        return list(prompt[start:]) + self.output_token_ids[:end - n]
 
     @property
     def num_uncomputed(self) -> int:
