@@ -138,8 +138,8 @@ def fidelity_over_repeats(real_dirs: list[str | Path], profile: str | Path | lis
                           sim_cfg: SimConfig | None = None) -> dict:
     """Errors of the simulation against the **median** of repeated real runs of one setting.
 
-    A CPU pipeline on a shared host varies from run to run by several percent (measured:
-    ±10% wall on 2 cores), so a single real run is a noisy target; the real spread
+    A CPU pipeline on a shared host varies from run to run (measured on a 2-core VM: 10–50 %
+    between identical runs), so a single real run is a noisy target; the real spread
     (min/max of each metric over the repeats, relative to their median) is reported next to
     the error so the two can be read together. ``real_dirs`` are ``run`` or ``compare`` dirs
     of the same setting (same resolved config apart from the output dir). ``profile`` may be

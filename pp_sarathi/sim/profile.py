@@ -717,30 +717,15 @@ def measure_link(cfg: RunConfig, shapes=LINK_SHAPES, batches: int = 24, step_s: 
     (``worker_loop``) with its gloo transport over ``parallel.pp`` local processes, stages
     computing busily for ``step_s`` per micro-batch: {"chunk,decodes": {interval: [seconds]}}
     for each micro-batch shape, intervals as in :func:`_link_intervals`."""
-    import subprocess
-
     from .simulate import sim_arch
 
     arch = sim_arch(cfg)
     world = max(2, cfg.parallel.pp)
     with tempfile.TemporaryDirectory() as d:
-        arg = json.dumps({"init_file": str(Path(d) / "pg"), "world": world, "hidden": arch.hidden_size,
-                          "dtype": cfg.model.dtype, "block_size": cfg.cache.block_size,
-                          "shapes": [list(x) for x in shapes], "batches": batches, "step_s": step_s})
-        procs = [subprocess.Popen([sys.executable, "-m", "pp_sarathi.sim.profile", "link-worker", str(r), arg],
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in range(world)]
-        outs = []
-        try:
-            for p in procs:
-                out, err = p.communicate(timeout=timeout_s)
-                if p.returncode != 0:
-                    raise RuntimeError(f"link worker failed: {err.strip()[-500:]}")
-                outs.append(out)
-        finally:
-            for p in procs:
-                if p.poll() is None:
-                    p.kill()
-    return json.loads(outs[0].strip().splitlines()[-1])
+        arg = {"init_file": str(Path(d) / "pg"), "world": world, "hidden": arch.hidden_size,
+               "dtype": cfg.model.dtype, "block_size": cfg.cache.block_size,
+               "shapes": [list(x) for x in shapes], "batches": batches, "step_s": step_s}
+        return _run_workers("link-worker", world, arg, timeout_s)
 
 
 # ---- point-to-point over gloo -----------------------------------------------------------
@@ -777,30 +762,32 @@ def _p2p_worker(rank: int, init_file: str, sizes: list[int], repeats: int) -> li
 
 
 def measure_p2p(sizes: list[int], repeats: int = 5, timeout_s: float = 120.0) -> list[tuple[int, list[float]]]:
-    """(bytes, one-way times) of gloo messages between two fresh local processes (ping-pong / 2).
+    """(bytes, one-way times) of gloo messages between two fresh local processes (ping-pong / 2)."""
+    with tempfile.TemporaryDirectory() as d:
+        arg = {"init_file": str(Path(d) / "pg"), "sizes": sizes, "repeats": repeats}
+        return [tuple(x) for x in _run_workers("p2p-worker", 2, arg, timeout_s)]
 
-    The workers are plain ``python -m pp_sarathi.sim.profile`` subprocesses, so this works
-    whatever the caller's main module is."""
+
+def _run_workers(kind: str, world: int, arg: dict, timeout_s: float):
+    """Run ``world`` ``python -m pp_sarathi.sim.profile KIND RANK ARG`` processes; returns the
+    JSON of rank 0's last output line. Plain subprocesses, so this works whatever the caller's
+    main module is."""
     import subprocess
 
-    with tempfile.TemporaryDirectory() as d:
-        init_file = str(Path(d) / "pg")
-        arg = json.dumps({"init_file": init_file, "sizes": sizes, "repeats": repeats})
-        procs = [subprocess.Popen([sys.executable, "-m", "pp_sarathi.sim.profile", "p2p-worker", str(r), arg],
-                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-                 for r in range(2)]
-        outs = []
-        try:
-            for p in procs:
-                out, err = p.communicate(timeout=timeout_s)
-                if p.returncode != 0:
-                    raise RuntimeError(f"p2p worker failed: {err.strip()[-500:]}")
-                outs.append(out)
-        finally:
-            for p in procs:
-                if p.poll() is None:
-                    p.kill()
-    return [tuple(x) for x in json.loads(outs[0].strip().splitlines()[-1])]
+    procs = [subprocess.Popen([sys.executable, "-m", "pp_sarathi.sim.profile", kind, str(r), json.dumps(arg)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in range(world)]
+    outs = []
+    try:
+        for p in procs:
+            out, err = p.communicate(timeout=timeout_s)
+            if p.returncode != 0:
+                raise RuntimeError(f"{kind} failed: {err.strip()[-500:]}")
+            outs.append(out)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    return json.loads(outs[0].strip().splitlines()[-1])
 
 
 if __name__ == "__main__":
