@@ -78,6 +78,7 @@ class ParallelConfig:
     partition: Any = "uniform"  # uniform, balanced, or a list of layer counts per stage
     timeout_s: float = 60.0  # a stage silent this long (or a dead peer) ends the run
     threads_per_stage: int = 0  # CPU threads per stage; 0 = cores / local stages
+    keep_freed_memory: bool = True  # glibc: freed host memory stays in the process (no page faults re-touching it next step)
 
 
 @dataclass

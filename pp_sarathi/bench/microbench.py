@@ -132,9 +132,9 @@ def run_microbench(cfg: RunConfig, run_dir: Path, *, model: StageModel | None = 
         raise ValueError("microbench.chunk_sizes and microbench.decode_batch_sizes must not be empty")
     if min(mb.chunk_sizes) < 2 or min(mb.decode_batch_sizes) < 1 or mb.repeats < 1 or mb.warmup < 0:
         raise ValueError("microbench needs chunk sizes >= 2, batch sizes >= 1, repeats >= 1, warmup >= 0")
-    from ..runtime.pipeline_threads import set_threads
+    from ..runtime.pipeline_threads import prepare_host
 
-    set_threads(1, cfg.parallel.threads_per_stage)
+    prepare_host(1, cfg.parallel)
     model = model if model is not None else _load_model(cfg)
     device = next(model.parameters()).device
     dtype = next(model.parameters()).dtype

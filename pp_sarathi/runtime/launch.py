@@ -40,11 +40,11 @@ def run_stage_process(prep: Prepared, rank: int, world: int, local_rank: int, lo
     import torch.distributed as dist
 
     from .pipeline import init_process_group, run_rank
-    from .pipeline_threads import set_threads
+    from .pipeline_threads import prepare_host
     from .setup import pick_device
 
     cfg = prep.cfg
-    set_threads(local_world, cfg.parallel.threads_per_stage)
+    prepare_host(local_world, cfg.parallel)
     try:
         init_process_group(cfg.parallel.backend, pick_device(cfg, local_rank), rank, world,
                            cfg.parallel.timeout_s)

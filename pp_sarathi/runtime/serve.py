@@ -15,7 +15,7 @@ from .local import LocalPipeline
 from .outcome import RunOutcome
 from .partition import layer_counts, layer_ranges
 from .sampler import Sampler
-from .pipeline_threads import set_threads
+from .pipeline_threads import prepare_host
 from .setup import build_executor, num_kv_blocks, pick_device, resolve_model
 
 
@@ -61,7 +61,7 @@ def serve_local(prep: Prepared, on_finished=None) -> RunOutcome:
     """pp=1: the whole model in this process."""
     cfg = prep.cfg
     device = pick_device(cfg)
-    set_threads(1, cfg.parallel.threads_per_stage)
+    prepare_host(1, cfg.parallel)
     executor = build_executor(cfg, prep.model_path, prep.arch, (0, prep.arch.num_layers), device)
     scheduler = new_scheduler(prep)
     clock = StageClock(device)

@@ -55,6 +55,7 @@ from ..model.kv_cache import PartSpec, build_attention_metadata
 from ..model.llama import StageModel
 from ..model.loader import parse_dtype
 from ..runtime.executor import StageExecutor
+from ..runtime.host_memory import keep_freed_memory
 from ..runtime.partition import layer_counts, layer_ranges
 from ..runtime.sampler import Sampler
 from ..runtime.setup import pick_device
@@ -325,9 +326,11 @@ class _Bench:
         for kind, ex in self.stages.items():
             n = len(ex.model.layers)
             for c, p, k, b, ctx in self.stage_shapes:
+                big = c * p + b > 1024  # whole-prompt micro-batches take seconds: one call in one round
                 add(_Point("stage", {"stage": kind, "layers": n, "chunk": c, "prefills": p, "cached": k,
                                      "batch": b, "context": ctx, "tokens": c * p + b},
-                           lambda ex=ex, c=c, p=p, k=k, b=b, ctx=ctx: stage_setup(ex, c, p, k, b, ctx), calls=2))
+                           lambda ex=ex, c=c, p=p, k=k, b=b, ctx=ctx: stage_setup(ex, c, p, k, b, ctx),
+                           calls=1 if big else 2, rounds=1 if big else 0))
 
 
 def _mixed_specs(chunk, prefills, cached, decodes, ctx, logits, bs) -> list[PartSpec]:
@@ -349,21 +352,26 @@ def _stage_shapes(chunk: int, per_batch: int, max_dec: int, max_tokens: int, max
                   ) -> list[tuple[int, int, int, int, int]]:
     """(chunk, prefill parts, cached, decodes, decode context) of the whole-stage measurements:
     decode-only, prefill-only (one or several prompts) and hybrid micro-batches around the
-    configured chunk size and batch size."""
+    configured chunk size and batch size, and the shapes of schedulers that do not chunk
+    (Orca, vLLM, FasterTransformer): whole prompts, a micro-batch full of them, a whole prompt
+    next to the other requests' decodes."""
     d = max(1, min(per_batch, max_dec))
+    whole = max(16, min(256, max_ctx // 4))  # a typical whole prompt
     cand = [(0, 0, 0, 1, 128), (0, 0, 0, 3, 384), (0, 0, 0, max(2, d // 2), 256), (0, 0, 0, d, 128),
             (0, 0, 0, d, 512), (0, 0, 0, min(max_dec, 2 * d), 320),
             (chunk, 1, 0, 0, 0), (chunk, 1, 256, 0, 0), (max(8, chunk // 4), 1, 384, 0, 0),
             (chunk, 4, 0, 0, 0), (2 * chunk, 2, 0, 0, 0),
             (chunk - d + 1, 1, 256, d - 1, 384), (chunk, 1, 128, 3, 256), (max(8, chunk // 4), 1, 512, d - 2, 256),
             (max(8, chunk // 2), 1, 0, d // 2, 448), (max(8, chunk - 2), 1, 640, 2, 200), (chunk, 1, 0, d, 160),
-            (2 * chunk, 1, 0, d, 300), (chunk, 2, 64, 6, 256)]
+            (2 * chunk, 1, 0, d, 300), (chunk, 2, 64, 6, 256),
+            (whole, per_batch, 0, 0, 0), (whole, max(2, per_batch // 2), 0, 0, 0),
+            (7 * whole // 4, 1, 0, d - 1, 2 * whole), (whole, 4, 0, d - 4, 5 * whole // 4)]
     out = []
     for c, p, k, b, ctx in cand:
         b = max(0, min(b, max_dec))
         if c == 0 and b == 0:
             continue
-        if c * p + b > max_tokens or k + c > max_ctx or ctx > max_ctx or (p and c < 2):
+        if c * p + b > max_tokens or k + c > max_ctx or ctx > max_ctx or (p and (c < 2 or p > per_batch)):
             continue
         if (c, p, k, b, ctx) not in out:
             out.append((c, p, k, b, ctx))
@@ -422,6 +430,8 @@ def _corunner_main(a: dict) -> None:
 
     torch.set_num_threads(a["threads"])
     cfg = run_config_from_dict(a["cfg"])
+    if cfg.parallel.keep_freed_memory:
+        keep_freed_memory()
     fd = sys.stdin.fileno()
     with torch.inference_mode():
         bench = _Bench(cfg, torch.device("cpu"))
@@ -461,6 +471,8 @@ def run_profile(cfg: RunConfig, out_csv: Path | str) -> Path:
     threads, corunners = profile_threads_and_corunners(cfg, device)
     old_threads = torch.get_num_threads()
     torch.set_num_threads(threads)
+    if cfg.parallel.keep_freed_memory:  # the allocator a stage process runs with
+        keep_freed_memory()
     t_start = time.perf_counter()
     common = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else
               f"cpu x{threads}" + (f" +{corunners} co-running stages" if corunners else ""),
