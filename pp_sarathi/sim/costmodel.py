@@ -382,6 +382,29 @@ class LinearFit:
         return max(0.0, sum(c * f for c, f in zip(self.coef, features)))
 
 
+# From this many tokens on, a GEMM's time grows linearly with its rows on every device we
+# profiled; the largest counts are timed in few calls, so their noise is averaged out by a line.
+LINEAR_FROM_TOKENS = 256
+
+
+def _straighten(xs, ys, start: int = LINEAR_FROM_TOKENS) -> tuple[list, list]:
+    """Points at ``x >= start`` replaced by a least-squares line through them (relative
+    weights), when there are at least three; smaller ``x`` are kept as measured."""
+    big = [(x, y) for x, y in zip(xs, ys) if x >= start]
+    if len({x for x, _ in big}) < 3:
+        return list(xs), list(ys)
+    a, b = _weighted_lstsq([[1.0, x] for x, _ in big], [y for _, y in big], [1.0 / max(y, 1e-12) for _, y in big])
+    return list(xs), [y if x < start else max(a + b * x, 1e-12) for x, y in zip(xs, ys)]
+
+
+MISC_KNEE_TOKENS = 1024
+
+
+def _misc_feats(layers: int, tokens: int, knee: int | None) -> list[float]:
+    f = [layers, layers * tokens]
+    return f + [layers * max(0, tokens - knee)] if knee else f
+
+
 def _overhead_feats(parts, tokens):
     return [1.0, parts, tokens]
 
@@ -455,7 +478,8 @@ class ProfileCosts(CostModel):
             return Interp1D([r[key] for r in rs], [r["seconds"] for r in rs])
 
         if "linear" in by:  # per layer, measured in execution order over a stage's layers
-            self._linear = {"linear": interp("linear")}
+            rs = by["linear"]
+            self._linear = {"linear": Interp1D(*_straighten([r["tokens"] for r in rs], [r["seconds"] for r in rs]))}
         else:  # older profiles: the four ops timed one by one
             self._linear = {op: interp(op) for op in LINEAR_OPS}
         self._embed = interp("embed")
@@ -489,10 +513,15 @@ class ProfileCosts(CostModel):
         self.misc_source = None
         if by.get("stage"):
             feats, ys, ws = [], [], []
+            # A second slope above MISC_KNEE_TOKENS when the stage sweep has enough steps there
+            # (whole-prompt micro-batches): what the composed ops miss or over-count grows
+            # differently for thousands of tokens than for a chunk.
+            big = sum(r["chunk"] * max(1, r["prefills"]) + r["batch"] > MISC_KNEE_TOKENS for r in by["stage"])
+            knee = MISC_KNEE_TOKENS if big >= 3 else None
             for r in by["stage"]:
                 b, n = _stage_shape(r), max(1, r["layers"])
                 rest = self._stage_without_misc(b, n, r["stage"])
-                feats.append([n, n * b.num_tokens])
+                feats.append(_misc_feats(n, b.num_tokens, knee))
                 ys.append(r["seconds"] - rest)
                 ws.append(1.0 / max(r["seconds"], 1e-9))
             self._misc = _weighted_lstsq(feats, ys, ws)
@@ -549,6 +578,9 @@ class ProfileCosts(CostModel):
     def misc(self, t: int) -> float:
         if not self._misc:
             return 0.0
+        if len(self._misc) == 3:
+            a, b, c = self._misc
+            return max(a + b * t + c * max(0, t - MISC_KNEE_TOKENS), -0.5 * self.linear(t))
         a, b = self._misc
         # The fitted remainder may be negative (the composed ops already over-count a little);
         # it never takes more than half of the linear layers' time away.

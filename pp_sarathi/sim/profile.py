@@ -326,11 +326,11 @@ class _Bench:
         for kind, ex in self.stages.items():
             n = len(ex.model.layers)
             for c, p, k, b, ctx in self.stage_shapes:
-                big = c * p + b > 1024  # whole-prompt micro-batches take seconds: one call in one round
+                big = c * p + b > 1024  # whole-prompt micro-batches take seconds: one call per round
                 add(_Point("stage", {"stage": kind, "layers": n, "chunk": c, "prefills": p, "cached": k,
                                      "batch": b, "context": ctx, "tokens": c * p + b},
                            lambda ex=ex, c=c, p=p, k=k, b=b, ctx=ctx: stage_setup(ex, c, p, k, b, ctx),
-                           calls=1 if big else 2, rounds=1 if big else 0))
+                           calls=1 if big else 2))
 
 
 def _mixed_specs(chunk, prefills, cached, decodes, ctx, logits, bs) -> list[PartSpec]:
