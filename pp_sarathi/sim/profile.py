@@ -574,30 +574,37 @@ def _within_round_log_sd(per_round: list[list[float]]) -> float:
 LINK_SHAPES = [(0, 1), (0, 13), (60, 4), (128, 13), (0, 28), (512, 0)]  # (prefill chunk, decodes) per micro-batch
 
 
-class _BusyExecutor:
-    """Stands in for a StageExecutor in :func:`measure_link`: keeps its core busy for a set time
-    per step (alternately longer and shorter than the neighbouring stage, so that stages both
-    wait for data and find it already there), returns hidden states / sampled tokens."""
+class _LinkStage:
+    """A real pipeline stage (random weights, the rank's own layers of the configured model) for
+    :func:`measure_link`, so that the transport is timed next to the compute it really shares
+    the host with. To see both ways a stage takes in its input, the first stage keeps its core
+    busy for half a step longer on every third micro-batch (the next stage waits for it: ``hop``)
+    and the last stage on another third (the data is already there when it asks: ``recv``)."""
 
-    def __init__(self, rank: int, world: int, hidden: int, dtype: torch.dtype, step_s: float):
-        self.is_first, self.is_last = rank == 0, rank == world - 1
-        self.rank, self.hidden, self.dtype, self.step_s = rank, hidden, dtype, step_s
+    def __init__(self, cfg: RunConfig, rank: int, world: int, blocks: int):
+        from .simulate import sim_arch
+
+        arch, dtype, device = sim_arch(cfg), parse_dtype(cfg.model.dtype), torch.device("cpu")
+        start, end = layer_ranges(layer_counts(arch, world, cfg.parallel.partition))[rank]
+        per_layer_bytes = max(1, arch.num_params() // max(1, arch.num_layers)) * torch.tensor([], dtype=dtype).element_size()
+        n = min(end - start, max(1, STAGE_WEIGHT_BYTES // per_layer_bytes))
+        start, end = (end - n, end) if rank == world - 1 else (start, start + n)
+        model = _random_stage(arch, dtype, device, start, end)
+        self.ex = StageExecutor(model, model.new_kv_cache(blocks, cfg.cache.block_size),
+                                Sampler(cfg.sampling) if model.is_last else None)
+        self.is_first, self.is_last = self.ex.is_first, self.ex.is_last
         self.calls = 0
-        self._a = torch.randn(128, 128)
+        self._spin = torch.randn(128, 128)
 
     def step(self, parts, hidden=None):
-        from ..scheduler.batch import SampleResult
-
-        # The first stage is slower every third micro-batch (the next stage waits for it) and
-        # faster otherwise (its output is there before the next stage asks for it).
-        f = (1.3 if self.calls % 3 == 0 else 0.85) if self.rank == 0 else 1.0
+        t0 = time.perf_counter()
+        out = self.ex.step(parts, hidden)
         self.calls += 1
-        end = time.perf_counter() + self.step_s * f
-        while time.perf_counter() < end:
-            torch.mm(self._a, self._a)
-        if not self.is_last:
-            return torch.empty(sum(p.num_tokens for p in parts), self.hidden, dtype=self.dtype)
-        return [SampleResult(5) if p.sample else None for p in parts]
+        if (self.is_first and self.calls % 3 == 1) or (self.is_last and self.calls % 3 == 0):
+            end = time.perf_counter() + 0.5 * (time.perf_counter() - t0)
+            while time.perf_counter() < end:
+                torch.mm(self._spin, self._spin)
+        return out
 
 
 class _ScriptedPlans:
@@ -693,14 +700,24 @@ def _link_worker(rank: int, a: dict) -> dict | None:
     from ..runtime.pipeline import DriverPipeline, worker_loop
     from ..runtime.transport import StageLink
 
+    from .fidelity import run_config_from_dict
+    from .simulate import sim_arch
+
     torch.set_num_threads(1)
-    world, h, dtype, bs = a["world"], a["hidden"], parse_dtype(a["dtype"]), a["block_size"]
+    cfg = run_config_from_dict(a["cfg"])
+    if cfg.parallel.keep_freed_memory:
+        keep_freed_memory()
+    world, bs = a["world"], cfg.cache.block_size
+    arch = sim_arch(cfg)
+    h, dtype = arch.hidden_size, parse_dtype(cfg.model.dtype)
+    shapes = [_mixed_parts(c, 1, 64 if c else 0, d, 300, bs) for c, d in a["shapes"]]
+    blocks = max(sum(-(-(p.start + p.num_tokens) // bs) for p in parts) for parts in shapes) + 4
+    ex = _LinkStage(cfg, rank, world, blocks)
     dist.init_process_group("gloo", init_method=f"file://{a['init_file']}", rank=rank, world_size=world)
     result = {}
     try:
-        for c, d in a["shapes"]:
-            parts = _mixed_parts(c, 1, 64 if c else 0, d, 300, bs)
-            ex = _BusyExecutor(rank, world, h, dtype, a["step_s"])
+        for (c, d), parts in zip(a["shapes"], shapes):
+            ex.calls = 0
             link = StageLink(rank, world, h, dtype, torch.device("cpu"))
             dist.barrier()
             clock = StageClock("cpu")
@@ -723,20 +740,15 @@ def _link_worker(rank: int, a: dict) -> dict | None:
     return result if rank == 0 else None
 
 
-def measure_link(cfg: RunConfig, shapes=LINK_SHAPES, batches: int = 24, step_s: float = 0.03,
-                 timeout_s: float = 180.0) -> dict:
+def measure_link(cfg: RunConfig, shapes=LINK_SHAPES, batches: int = 36, timeout_s: float = 300.0) -> dict:
     """Run the runtime's own driver loop (``drive`` + ``DriverPipeline``) and stage loop
-    (``worker_loop``) with its gloo transport over ``parallel.pp`` local processes, stages
-    computing busily for ``step_s`` per micro-batch: {"chunk,decodes": {interval: [seconds]}}
-    for each micro-batch shape, intervals as in :func:`_link_intervals`."""
-    from .simulate import sim_arch
-
-    arch = sim_arch(cfg)
+    (``worker_loop``) with its gloo transport over ``parallel.pp`` local processes whose stages
+    really compute (:class:`_LinkStage`): {"chunk,decodes": {interval: [seconds]}} for each
+    micro-batch shape, intervals as in :func:`_link_intervals`."""
     world = max(2, cfg.parallel.pp)
     with tempfile.TemporaryDirectory() as d:
-        arg = {"init_file": str(Path(d) / "pg"), "world": world, "hidden": arch.hidden_size,
-               "dtype": cfg.model.dtype, "block_size": cfg.cache.block_size,
-               "shapes": [list(x) for x in shapes], "batches": batches, "step_s": step_s}
+        arg = {"init_file": str(Path(d) / "pg"), "world": world, "cfg": dataclasses.asdict(cfg),
+               "shapes": [list(x) for x in shapes], "batches": batches}
         return _run_workers("link-worker", world, arg, timeout_s)
 
 
