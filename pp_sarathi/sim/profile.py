@@ -710,7 +710,8 @@ def _link_worker(rank: int, a: dict) -> dict | None:
     world, bs = a["world"], cfg.cache.block_size
     arch = sim_arch(cfg)
     h, dtype = arch.hidden_size, parse_dtype(cfg.model.dtype)
-    shapes = [_mixed_parts(c, 1, 64 if c else 0, d, 300, bs) for c, d in a["shapes"]]
+    top = arch.max_position_embeddings
+    shapes = [_mixed_parts(c, 1, min(64, top - c) if c else 0, d, min(300, top), bs) for c, d in a["shapes"]]
     blocks = max(sum(-(-(p.start + p.num_tokens) // bs) for p in parts) for parts in shapes) + 4
     ex = _LinkStage(cfg, rank, world, blocks)
     dist.init_process_group("gloo", init_method=f"file://{a['init_file']}", rank=rank, world_size=world)
