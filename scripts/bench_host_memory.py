@@ -37,7 +37,6 @@ if keep:
     keep_freed_memory()
 torch.set_num_threads(1)
 cfg = RunConfig()
-cfg.parallel.keep_freed_memory = keep
 bench = _Bench(cfg, torch.device("cpu"))
 ex, bs = bench.stages["first"], bench.bs
 shapes = {"prefill 14 x 256": _mixed_parts(256, 14, 0, 0, 0, bs), "decode 14 @ 470": _mixed_parts(0, 0, 0, 14, 470, bs),

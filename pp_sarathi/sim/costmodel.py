@@ -510,6 +510,7 @@ class ProfileCosts(CostModel):
         # whole decoder layers) cost beyond the composed linear, attention, overhead and
         # embedding / LM head / sampling ops; fitted by least squares relative to the step time.
         self._misc = None
+        self._misc_knee: int | None = None  # tokens where the remainder's second slope starts (None: one slope)
         self.misc_source = None
         if by.get("stage"):
             feats, ys, ws = [], [], []
@@ -517,11 +518,11 @@ class ProfileCosts(CostModel):
             # (whole-prompt micro-batches): what the composed ops miss or over-count grows
             # differently for thousands of tokens than for a chunk.
             big = sum(r["chunk"] * max(1, r["prefills"]) + r["batch"] > MISC_KNEE_TOKENS for r in by["stage"])
-            knee = MISC_KNEE_TOKENS if big >= 3 else None
+            self._misc_knee = MISC_KNEE_TOKENS if big >= 3 else None
             for r in by["stage"]:
                 b, n = _stage_shape(r), max(1, r["layers"])
                 rest = self._stage_without_misc(b, n, r["stage"])
-                feats.append(_misc_feats(n, b.num_tokens, knee))
+                feats.append(_misc_feats(n, b.num_tokens, self._misc_knee))
                 ys.append(r["seconds"] - rest)
                 ws.append(1.0 / max(r["seconds"], 1e-9))
             self._misc = _weighted_lstsq(feats, ys, ws)
@@ -578,13 +579,10 @@ class ProfileCosts(CostModel):
     def misc(self, t: int) -> float:
         if not self._misc:
             return 0.0
-        if len(self._misc) == 3:
-            a, b, c = self._misc
-            return max(a + b * t + c * max(0, t - MISC_KNEE_TOKENS), -0.5 * self.linear(t))
-        a, b = self._misc
+        remainder = sum(c * f for c, f in zip(self._misc, _misc_feats(1, t, self._misc_knee)))
         # The fitted remainder may be negative (the composed ops already over-count a little);
         # it never takes more than half of the linear layers' time away.
-        return max(a + b * t, -0.5 * self.linear(t))
+        return max(remainder, -0.5 * self.linear(t))
 
     def attn_prefill(self, chunk: int, cached: int) -> float:
         return self._prefill(chunk, cached)

@@ -55,8 +55,8 @@ from ..model.kv_cache import PartSpec, build_attention_metadata
 from ..model.llama import StageModel
 from ..model.loader import parse_dtype
 from ..runtime.executor import StageExecutor
-from ..runtime.host_memory import keep_freed_memory
 from ..runtime.partition import layer_counts, layer_ranges
+from ..runtime.pipeline_threads import prepare_host
 from ..runtime.sampler import Sampler
 from ..runtime.setup import pick_device
 from ..scheduler.batch import ScheduledPart
@@ -122,6 +122,22 @@ def _random_stage(arch, dtype: torch.dtype, device: torch.device, start: int = 0
     model = model.to(dtype)
     model.reset_rope()
     return model.eval()
+
+
+def _stage_executor(cfg: RunConfig, arch, device: torch.device, start: int, end: int, blocks: int) -> StageExecutor:
+    """Layers ``[start, end)`` as a runtime stage with random weights and a random-filled KV pool
+    of ``blocks`` blocks. A stage over ``STAGE_WEIGHT_BYTES`` of weights is built with fewer
+    layers (the profile rows say how many), keeping the model's last layer when it has it."""
+    dtype = parse_dtype(cfg.model.dtype)
+    per_layer_bytes = max(1, arch.num_params() // max(1, arch.num_layers)) * torch.tensor([], dtype=dtype).element_size()
+    n = min(end - start, max(1, STAGE_WEIGHT_BYTES // per_layer_bytes))
+    start, end = (end - n, end) if end == arch.num_layers else (start, start + n)
+    model = _random_stage(arch, dtype, device, start, end)
+    kv = model.new_kv_cache(blocks, cfg.cache.block_size)
+    with torch.no_grad():
+        kv.k.normal_()
+        kv.v.normal_()
+    return StageExecutor(model, kv, Sampler(cfg.sampling) if model.is_last else None)
 
 
 def _contiguous_tables(lengths: list[int], block_size: int) -> list[list[int]]:
@@ -209,19 +225,10 @@ class _Bench:
             kinds.append(("middle", max(ranges[1:-1], key=lambda r: r[1] - r[0])))
         if pp > 1:
             kinds.append(("last", ranges[-1]))
-        per_layer_bytes = max(1, arch.num_params() // max(1, arch.num_layers)) * torch.tensor([], dtype=dtype).element_size()
-        cap = max(1, STAGE_WEIGHT_BYTES // per_layer_bytes)
-        self.stages: dict[str, StageExecutor] = {}
-        for kind, (start, end) in kinds:
-            end = min(end, start + cap)  # a very large stage is profiled with fewer layers (rows say how many)
-            if kind in ("last", "only") and end < arch.num_layers:
-                start, end = arch.num_layers - (end - start), arch.num_layers
-            model = _random_stage(arch, dtype, device, start, end)
-            kv = model.new_kv_cache(-(-max(stage_need, attn_need if kind in ("first", "only") else 0) // bs), bs)
-            with torch.no_grad():
-                kv.k.normal_()
-                kv.v.normal_()
-            self.stages[kind] = StageExecutor(model, kv, Sampler(cfg.sampling) if model.is_last else None)
+        self.stages: dict[str, StageExecutor] = {
+            kind: _stage_executor(cfg, arch, device, start, end,
+                                  -(-max(stage_need, attn_need if kind in ("first", "only") else 0) // bs))
+            for kind, (start, end) in kinds}
         first = self.stages["only" if pp == 1 else "first"]
         last = self.stages["only" if pp == 1 else "last"]
         self._flush_buf = torch.ones(2 * _l3_bytes() // 4, dtype=torch.float32) if device.type == "cpu" else None
@@ -428,10 +435,8 @@ class _Corunners:
 def _corunner_main(a: dict) -> None:
     from .fidelity import run_config_from_dict
 
-    torch.set_num_threads(a["threads"])
     cfg = run_config_from_dict(a["cfg"])
-    if cfg.parallel.keep_freed_memory:
-        keep_freed_memory()
+    prepare_host(1, cfg.parallel, threads=a["threads"])
     fd = sys.stdin.fileno()
     with torch.inference_mode():
         bench = _Bench(cfg, torch.device("cpu"))
@@ -470,9 +475,7 @@ def run_profile(cfg: RunConfig, out_csv: Path | str) -> Path:
     sc = cfg.sim
     threads, corunners = profile_threads_and_corunners(cfg, device)
     old_threads = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    if cfg.parallel.keep_freed_memory:  # the allocator a stage process runs with
-        keep_freed_memory()
+    prepare_host(1, cfg.parallel, threads=threads)  # the threads and allocator of a stage process
     t_start = time.perf_counter()
     common = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else
               f"cpu x{threads}" + (f" +{corunners} co-running stages" if corunners else ""),
@@ -581,17 +584,9 @@ class _LinkStage:
     busy for half a step longer on every third micro-batch (the next stage waits for it: ``hop``)
     and the last stage on another third (the data is already there when it asks: ``recv``)."""
 
-    def __init__(self, cfg: RunConfig, rank: int, world: int, blocks: int):
-        from .simulate import sim_arch
-
-        arch, dtype, device = sim_arch(cfg), parse_dtype(cfg.model.dtype), torch.device("cpu")
+    def __init__(self, cfg: RunConfig, arch, rank: int, world: int, blocks: int):
         start, end = layer_ranges(layer_counts(arch, world, cfg.parallel.partition))[rank]
-        per_layer_bytes = max(1, arch.num_params() // max(1, arch.num_layers)) * torch.tensor([], dtype=dtype).element_size()
-        n = min(end - start, max(1, STAGE_WEIGHT_BYTES // per_layer_bytes))
-        start, end = (end - n, end) if rank == world - 1 else (start, start + n)
-        model = _random_stage(arch, dtype, device, start, end)
-        self.ex = StageExecutor(model, model.new_kv_cache(blocks, cfg.cache.block_size),
-                                Sampler(cfg.sampling) if model.is_last else None)
+        self.ex = _stage_executor(cfg, arch, torch.device("cpu"), start, end, blocks)
         self.is_first, self.is_last = self.ex.is_first, self.ex.is_last
         self.calls = 0
         self._spin = torch.randn(128, 128)
@@ -703,17 +698,15 @@ def _link_worker(rank: int, a: dict) -> dict | None:
     from .fidelity import run_config_from_dict
     from .simulate import sim_arch
 
-    torch.set_num_threads(1)
     cfg = run_config_from_dict(a["cfg"])
-    if cfg.parallel.keep_freed_memory:
-        keep_freed_memory()
+    prepare_host(1, cfg.parallel, threads=1)
     world, bs = a["world"], cfg.cache.block_size
     arch = sim_arch(cfg)
     h, dtype = arch.hidden_size, parse_dtype(cfg.model.dtype)
     top = arch.max_position_embeddings
     shapes = [_mixed_parts(c, 1, min(64, top - c) if c else 0, d, min(300, top), bs) for c, d in a["shapes"]]
     blocks = max(sum(-(-(p.start + p.num_tokens) // bs) for p in parts) for parts in shapes) + 4
-    ex = _LinkStage(cfg, rank, world, blocks)
+    ex = _LinkStage(cfg, arch, rank, world, blocks)
     dist.init_process_group("gloo", init_method=f"file://{a['init_file']}", rank=rank, world_size=world)
     result = {}
     try:
