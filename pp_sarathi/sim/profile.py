@@ -186,6 +186,12 @@ class _Point:
     flush: bool = False  # evict the CPU caches before each call (weights come from memory)
     calls: int = 1  # consecutive calls per round at least (their spread is the step-to-step jitter)
     rounds: int = 0  # timed in this many rounds only (0: every round); for the slowest points
+    # Start timing only once every co-runner runs this very point. Without it, whole stage
+    # steps were timed next to co-runners still finishing the previous point and came out
+    # close to their uncontended time: decode steps, which lose 10-20 % to the other stage's
+    # memory traffic in a real pipeline, were predicted that much too fast. (Whole-prompt
+    # steps, seconds long and compute-bound, skip the wait.)
+    settle: bool = False
 
 
 class _Bench:
@@ -337,7 +343,7 @@ class _Bench:
                 add(_Point("stage", {"stage": kind, "layers": n, "chunk": c, "prefills": p, "cached": k,
                                      "batch": b, "context": ctx, "tokens": c * p + b},
                            lambda ex=ex, c=c, p=p, k=k, b=b, ctx=ctx: stage_setup(ex, c, p, k, b, ctx),
-                           calls=1 if big else 2))
+                           calls=1 if big else 2, settle=not big))
 
 
 def _mixed_specs(chunk, prefills, cached, decodes, ctx, logits, bs) -> list[PartSpec]:
@@ -510,7 +516,7 @@ def run_profile(cfg: RunConfig, out_csv: Path | str) -> Path:
                 for i, pt in enumerate(bench.points):
                     if pt.rounds and rnd >= pt.rounds:
                         continue
-                    co.run(i, wait=i == 0 or bench.points[i - 1].op != pt.op)
+                    co.run(i, wait=pt.settle or i == 0 or bench.points[i - 1].op != pt.op)
                     fn = pt.setup()
                     flush = bench.flush if pt.flush else None
                     if rnd == 0 and i == 0:  # warm-up (a first call per point is one of >= 3 rounds: the median drops it)
