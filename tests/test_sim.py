@@ -259,6 +259,51 @@ def test_cost_model_round_trips_a_profile_csv(tiny_profile, tmp_path):
     assert errs["all"]["held_out"] > 10 and math.isfinite(errs["all"]["mean_abs_rel_err"])
 
 
+def test_profile_times_stage_steps_only_once_the_corunners_run_them(tmp_path, monkeypatch):
+    """A whole stage step is timed next to co-runners that already run that very step (else it
+    sees the tail of the previous point and comes out close to its uncontended time)."""
+    import pp_sarathi.sim.profile as prof
+
+    events = []  # ("switch", point, waited) as told to the co-runners; ("time",) per timed point
+    points = []
+
+    class RecordingCorunners:
+        def __init__(self, cfg, n, threads):
+            self.procs = [None] * n
+
+        def wait_ready(self):
+            pass
+
+        def run(self, i, wait=True):
+            events.append(("switch", i, wait))
+
+        def stop(self):
+            pass
+
+    class Bench(prof._Bench):
+        def __init__(self, *a):
+            super().__init__(*a)
+            points.extend(self.points)
+
+    sample = prof._Timer.sample
+    monkeypatch.setattr(prof, "_Corunners", RecordingCorunners)
+    monkeypatch.setattr(prof, "_Bench", Bench)
+    monkeypatch.setattr(prof._Timer, "sample", lambda self, *a, **kw: events.append(("time",)) or sample(self, *a, **kw))
+    cfg = tiny_cfg()
+    cfg.parallel.pp = 2
+    cfg.sim.profile_corunners = 1
+    prof.run_profile(cfg, tmp_path / "p.csv")
+    switch, checked = None, 0
+    for ev in events:
+        if ev[0] == "switch":
+            switch = ev
+        elif points[switch[1]].op == "stage" and points[switch[1]].cols["tokens"] <= 1024:
+            assert switch[2], f"stage point {points[switch[1]].cols} timed before the co-runners ran it"
+            checked += 1
+    small = [p for p in points if p.op == "stage" and p.cols["tokens"] <= 1024]
+    assert checked == len(small) * cfg.sim.profile_repeats > 0
+
+
 def test_profile_misc_is_fitted_to_whole_stage_steps(tiny_profile):
     m = ProfileCosts.from_csv(tiny_profile, sim_arch(tiny_cfg()))
     assert m.misc_source == "stage" and len(m._misc) == 2 and m.jitter >= 0
