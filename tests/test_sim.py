@@ -297,10 +297,10 @@ def test_profile_times_stage_steps_only_once_the_corunners_run_them(tmp_path, mo
     for ev in events:
         if ev[0] == "switch":
             switch = ev
-        elif points[switch[1]].op == "stage" and points[switch[1]].cols["tokens"] <= 1024:
+        elif points[switch[1]].op == "stage" and points[switch[1]].cols["tokens"] <= prof.WHOLE_PROMPT_TOKENS:
             assert switch[2], f"stage point {points[switch[1]].cols} timed before the co-runners ran it"
             checked += 1
-    small = [p for p in points if p.op == "stage" and p.cols["tokens"] <= 1024]
+    small = [p for p in points if p.op == "stage" and p.cols["tokens"] <= prof.WHOLE_PROMPT_TOKENS]
     assert checked == len(small) * cfg.sim.profile_repeats > 0
 
 

@@ -75,6 +75,9 @@ DECODE_BATCH_GRID = [1, 2, 4, 8, 16, 32, 64]
 CONTEXT_GRID = [16, 64, 128, 256, 512, 1024, 2048, 4096, 8192]
 ROWS_GRID = [1, 2, 4, 8, 16, 32, 64, 128]
 P2P_BYTES = [16, 256, 4096, 65536, 262144, 1 << 20, 4 << 20, 16 << 20]
+# Micro-batches above this many tokens (whole prompts) take seconds a step: they are timed in
+# fewer calls, and without waiting for the co-runners (see _Point.settle).
+WHOLE_PROMPT_TOKENS = 1024
 STAGE_WEIGHT_BYTES = 3 << 30  # at most this much weight per profiled stage (layers are capped)
 
 
@@ -271,9 +274,9 @@ class _Bench:
                     lay.down_proj(x3)
             return fn
 
-        for t in tokens:  # micro-batches of more than 1024 tokens (whole prompts) take seconds: one round
+        for t in tokens:
             add(_Point("linear", {"tokens": t, "layers": nl}, lambda t=t: linear_setup(t), per=nl,
-                       rounds=1 if t > 1024 else 0))
+                       rounds=1 if t > WHOLE_PROMPT_TOKENS else 0))
         # ---- embedding, LM head and sampling ----------------------------------------------
         embed_model = first.model
         for t in [t for t in tokens if t in (1, 8, 32, 128, 512, 2048, 8192, cfg.scheduler.chunk_size)]:
@@ -339,7 +342,7 @@ class _Bench:
         for kind, ex in self.stages.items():
             n = len(ex.model.layers)
             for c, p, k, b, ctx in self.stage_shapes:
-                big = c * p + b > 1024  # whole-prompt micro-batches take seconds: one call per round
+                big = c * p + b > WHOLE_PROMPT_TOKENS
                 add(_Point("stage", {"stage": kind, "layers": n, "chunk": c, "prefills": p, "cached": k,
                                      "batch": b, "context": ctx, "tokens": c * p + b},
                            lambda ex=ex, c=c, p=p, k=k, b=b, ctx=ctx: stage_setup(ex, c, p, k, b, ctx),
