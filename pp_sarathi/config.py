@@ -161,7 +161,7 @@ class ModelConfig(_Group):
     name: str = "default"  # preset name
     # HF-format checkpoint dir (config.json + *.safetensors, single or sharded; Llama 2/3, Mistral, Qwen2); unset = the preset's random-init checkpoint, written once to `$PP_SARATHI_CACHE` (default `~/.cache/pp_sarathi`)
     path: Optional[str] = None
-    dtype: Dtype = Dtype.float32  # weights and activations
+    dtype: Dtype = Dtype.float32  # float32, bfloat16 or float16 (weights, activations and KV cache)
     vocab_size: int = 8192  # random-init checkpoint: vocabulary (ignored with `model.path`)
     hidden_size: int = 1024  # random-init checkpoint: hidden size, a multiple of num_heads
     intermediate_size: int = 2816  # random-init checkpoint: MLP size
@@ -185,7 +185,7 @@ class SchedulerConfig(_Group):
     [concepts](#concepts))."""
 
     key: ClassVar[str] = "scheduler"
-    name: SchedulerName = SchedulerName.sarathi  # the policy
+    name: SchedulerName = SchedulerName.sarathi  # the policy: orca, vllm, ft, sarathi, sarathi_serve or sarathi_uniform
     chunk_size: int = 128  # token budget of a batch = prefill chunk size (sarathi, sarathi_serve, vllm)
     # max requests over all in-flight micro-batches (one micro-batch: ⌈max_batch_size / pp⌉)
     max_batch_size: int = 28  # 28 = 14 per micro-batch at pp=2: the default P:D 10 sits at chunk/(B-1) = 128/13 like the paper's 256/26
@@ -214,7 +214,7 @@ class WorkloadConfig(_Group):
     """**workload** — `workload=synthetic` (default), `workload=jsonl`, `workload=trace`."""
 
     key: ClassVar[str] = "workload"
-    name: WorkloadName = WorkloadName.synthetic  # where requests come from
+    name: WorkloadName = WorkloadName.synthetic  # synthetic, jsonl or trace
     path: Optional[str] = None  # input file of jsonl and trace
     num_requests: int = 64  # synthetic: how many requests
     pd_ratio: float = 10.0  # synthetic: prompt tokens ÷ output tokens of each request (a length L gives round(L/(1+P:D)) output tokens)
@@ -401,7 +401,9 @@ class SimConfig(_Group):
 
 @dataclass
 class RunConfig(_Group):
-    """Top level."""
+    """Top level (hydra's own keys: `hydra.run.dir`, where a run writes everything, default
+    `runs/<date>_<time>-<id>`; `hydra.sweep.dir`, where a sweep writes one subdir per point,
+    default `multirun/<date>_<time>-<id>`):"""
 
     command: Command = Command.run  # set by the CLI: run, compare, microbench, profile, simulate
     device: str = "auto"  # auto (cuda if present), cpu, cuda or cuda:N
