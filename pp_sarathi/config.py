@@ -39,7 +39,7 @@ class Choice(str, Enum):
         try:
             return cls(value)
         except ValueError:
-            raise ValueError(f"{key} must be {cls.choices()}, not {value!r}") from None
+            raise ValueError(f"unknown {key} {value!r}: choose {cls.choices()}") from None
 
     @classmethod
     def choices(cls) -> str:
