@@ -30,7 +30,7 @@ STEP_PROBE = """
 import json, resource, statistics, sys, time
 import torch
 from pp_sarathi.config import RunConfig
-from pp_sarathi.runtime.host_memory import keep_freed_memory
+from pp_sarathi.runtime.host import keep_freed_memory
 from pp_sarathi.sim.profile import _Bench, _mixed_parts
 keep = sys.argv[1] == "on"
 if keep:

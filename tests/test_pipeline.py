@@ -45,14 +45,15 @@ def reference(tmp_path_factory):
 @pytest.mark.slow
 @pytest.mark.parametrize("scheduler", ["orca", "vllm", "ft", "sarathi", "sarathi_serve"])
 def test_pipeline_matches_pp1_for_every_scheduler(tmp_path, reference, scheduler):
-    for pp in (2, 3, 4):
+    # pp 2 and 3 are checked against transformers in test_pipeline_exact.py
+    for pp in (4,):
         d = tmp_path / f"pp{pp}"
         r = cli(["run", f"parallel.pp={pp}", f"scheduler={scheduler}"] + TINY, d)
         assert r.returncode == 0, r.stderr[-3000:]
         assert tokens(d) == reference, f"{scheduler} pp={pp}"
         res = json.loads((d / "results.json").read_text())
         assert [s["stage"] for s in res["stages"]] == list(range(pp))
-        assert all(s["compute_s"] > 0 for s in res["stages"])
+        assert all(s["num_batches"] == res["batches"]["count"] for s in res["stages"])
         assert all(o["finish_reason"] == "length" for o in outputs(d))
 
 
@@ -63,7 +64,8 @@ def test_torchrun_launch(tmp_path, reference):
     assert r.returncode == 0, r.stderr[-3000:]
     assert tokens(d) == reference
     trace = json.loads((d / "trace.json").read_text())
-    assert {e["tid"] for e in trace["traceEvents"] if e.get("ph") == "X"} == {0, 1}
+    assert {e["tid"] for e in trace["traceEvents"] if e.get("ph") == "X" and e["cat"] != "driver"} == {0, 1}
+    assert {e["tid"] for e in trace["traceEvents"] if e.get("ph") == "X" and e["cat"] == "driver"} == {2}
 
 
 @pytest.mark.slow

@@ -404,7 +404,8 @@ def _key_paths(d, prefix=""):
 
 
 def test_simulate_gives_results_with_the_same_keys_as_a_real_run(tiny_profile, tmp_path, monkeypatch):
-    from pp_sarathi.runtime.serve import prepare, serve_local
+    from pp_sarathi.runtime.prepare import prepare
+    from pp_sarathi.runtime.launch import serve_local
 
     monkeypatch.setenv("PP_SARATHI_CACHE", str(tmp_path / "cache"))
     cfg = tiny_cfg()

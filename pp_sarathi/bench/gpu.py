@@ -37,7 +37,7 @@ from ..metrics.timing import StageClock
 from ..model.kv_cache import KVCache
 from ..runtime.driver import drive
 from ..runtime.executor import StageExecutor
-from ..runtime.local import LocalPipeline
+from ..runtime.driver import LocalPipeline
 from ..runtime.sampler import Sampler
 from ..scheduler import BlockManager, make_scheduler
 from ..workload.request import Request
@@ -186,7 +186,7 @@ def engine_run(model, kv: KVCache, shapes: Shapes, policy: str, requests: list[R
     batches = drive(sched, pipe, clock)
     synchronize(dev)
     wall = time.perf_counter() - t0
-    times = {r.batch_id: r.compute_end - r.compute_start for r in pipe.finish()}
+    times = {r.batch_id: r.compute_end - r.compute_start for r in pipe.timeline.records()}
     bad = [q.finish_reason for q in sched.seqs.values() if q.finish_reason != "length"]
     if bad:
         raise RuntimeError(f"{policy}: requests did not finish normally: {bad}")

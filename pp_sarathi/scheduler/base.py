@@ -129,6 +129,7 @@ class Scheduler:
             if seq.status is not SeqStatus.RUNNING:
                 continue
             seq.num_computed = part.start + part.num_tokens
+            seq.max_computed = max(seq.max_computed, seq.num_computed)
             if not part.sample:
                 continue
             if res is None:

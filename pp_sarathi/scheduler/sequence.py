@@ -21,6 +21,7 @@ class Sequence:
     output_token_ids: list[int] = field(default_factory=list)
     logprobs: list[dict[int, float]] = field(default_factory=list)
     num_computed: int = 0  # tokens whose K/V are in the cache
+    max_computed: int = 0  # most tokens ever in the cache (a preemption drops them; this stays)
     block_table: list[int] = field(default_factory=list)
     in_flight: bool = False  # part of a micro-batch that has not come back yet
     finish_reason: str | None = None

@@ -216,6 +216,9 @@ class SimPipeline:
         self.clock.advance_to(done)
         return results
 
+    def idle_until(self, t: float) -> None:
+        self.clock.advance_to(t)
+
     @property
     def records(self) -> list[StageRecord]:
         return self.engine.records

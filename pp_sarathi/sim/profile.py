@@ -56,9 +56,9 @@ from ..model.llama import StageModel
 from ..model.loader import parse_dtype
 from ..runtime.executor import StageExecutor
 from ..runtime.partition import layer_counts, layer_ranges
-from ..runtime.pipeline_threads import prepare_host
+from ..runtime.host import prepare_host
 from ..runtime.sampler import Sampler
-from ..runtime.setup import pick_device
+from ..runtime.stage import pick_device
 from ..scheduler.batch import ScheduledPart
 from .costmodel import holdout_errors, write_profile
 
@@ -699,9 +699,9 @@ def _shifted(r, dt: float):
 def _link_worker(rank: int, a: dict) -> dict | None:
     import torch.distributed as dist
 
-    from ..metrics.timing import StageClock
-    from ..runtime.driver import drive
-    from ..runtime.pipeline import DriverPipeline, worker_loop
+    from ..metrics.timing import StageClock, StageTimeline
+    from ..runtime.driver import PipelineFront, drive
+    from ..runtime.stage import serve_stage
     from ..runtime.transport import StageLink
 
     from .fidelity import run_config_from_dict
@@ -725,16 +725,18 @@ def _link_worker(rank: int, a: dict) -> dict | None:
             dist.barrier()
             clock = StageClock("cpu")
             offsets = _clock_offsets(clock, rank, world)
+            timeline = StageTimeline(clock, rank)
             if rank != 0:
-                recs = worker_loop(ex, link, clock)
-                dist.gather_object(recs, None, dst=0)
+                serve_stage(ex, link, timeline)
+                dist.gather_object(timeline.records(), None, dst=0)
                 continue
-            pipe = DriverPipeline(ex, link, clock)
+            pipe = PipelineFront(ex, link, timeline, heartbeat_s=1.0)
             batches = drive(_ScriptedPlans(parts, a["batches"]), pipe, clock)
+            pipe.close(60.0)
             link.send_stop()
             link.flush()
             gathered: list = [None] * world
-            dist.gather_object(pipe.records, gathered, dst=0)
+            dist.gather_object(timeline.records(), gathered, dst=0)
             records = [_shifted(r, -offsets[r.stage]) for part in gathered for r in (part or [])]
             result[f"{c},{d}"] = _link_intervals(records, batches, world)
         dist.barrier()
@@ -744,8 +746,8 @@ def _link_worker(rank: int, a: dict) -> dict | None:
 
 
 def measure_link(cfg: RunConfig, shapes=LINK_SHAPES, batches: int = 36, timeout_s: float = 300.0) -> dict:
-    """Run the runtime's own driver loop (``drive`` + ``DriverPipeline``) and stage loop
-    (``worker_loop``) with its gloo transport over ``parallel.pp`` local processes whose stages
+    """Run the runtime's own driver loop (``drive`` + ``PipelineFront``) and stage loop
+    (``serve_stage``) with its gloo transport over ``parallel.pp`` local processes whose stages
     really compute (:class:`_LinkStage`): {"chunk,decodes": {interval: [seconds]}} for each
     micro-batch shape, intervals as in :func:`_link_intervals`."""
     world = max(2, cfg.parallel.pp)

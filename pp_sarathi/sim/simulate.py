@@ -18,7 +18,7 @@ from ..model.arch import ModelArch
 from ..runtime.driver import drive
 from ..metrics.records import RunOutcome, SimInfo
 from ..runtime.partition import layer_counts, layer_ranges
-from ..runtime.setup import num_kv_blocks
+from ..runtime.stage import num_kv_blocks
 from ..scheduler import BlockManager, make_scheduler
 from .costmodel import CostModel, RooflineCosts, kv_capacity_tokens, make_cost_model
 from .engine import SimPipeline, TimeShare, VirtualClock
