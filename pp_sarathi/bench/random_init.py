@@ -12,17 +12,6 @@ from ..model.arch import ModelArch
 from ..model.llama import StageModel
 
 
-def llama_arch(vocab_size: int, hidden_size: int, intermediate_size: int, num_layers: int,
-               num_heads: int, num_kv_heads: int | None = None, max_position_embeddings: int = 4096,
-               rope_theta: float = 10000.0, dtype: str = "bfloat16") -> ModelArch:
-    """A plain LLaMA architecture from its shape (what ``config.json`` would say)."""
-    return ModelArch(family="llama", vocab_size=vocab_size, hidden_size=hidden_size,
-                     intermediate_size=intermediate_size, num_layers=num_layers, num_heads=num_heads,
-                     num_kv_heads=num_kv_heads or num_heads, head_dim=hidden_size // num_heads,
-                     max_position_embeddings=max_position_embeddings, rms_norm_eps=1e-5,
-                     rope_theta=rope_theta, eos_token_ids=(2,), dtype=dtype)
-
-
 # LLaMA-13B as in the paper (40 layers, 40 heads, hidden 5120), conf/model/llama-13b.yaml.
 LLAMA_13B = dict(vocab_size=32000, hidden_size=5120, intermediate_size=13824, num_layers=40,
                  num_heads=40, num_kv_heads=40, max_position_embeddings=4096)

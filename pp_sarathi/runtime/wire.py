@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import torch
 
+from ..cost.messages import PART_FIELDS as _FIELDS
 from ..scheduler.batch import ScheduledPart
 
-_FIELDS = 7  # seq_index, start, num_tokens, is_prefill, sample, output_index, num_blocks
 STOP = -1  # a plan id that tells stages to finish
 
 

@@ -30,7 +30,7 @@ p2p                bytes                       gloo send/recv between two local 
 
 The ``stage`` rows are what a pipeline stage really costs; the cost model composes the ops
 and fits the per-layer remainder (norms, rotary, KV writes, activation, residuals, Python)
-to them (pp_sarathi/sim/costmodel.py). Every row also carries device, dtype, threads and the
+to them (pp_sarathi/cost/measured.py). Every row also carries device, dtype, threads and the
 model shape.
 """
 from __future__ import annotations
@@ -60,7 +60,7 @@ from ..runtime.pipeline_threads import prepare_host
 from ..runtime.sampler import Sampler
 from ..runtime.setup import pick_device
 from ..scheduler.batch import ScheduledPart
-from .costmodel import holdout_errors, write_profile
+from ..cost import holdout_errors, write_profile
 
 log = logging.getLogger("pp_sarathi")
 
