@@ -12,10 +12,10 @@ import torch
 
 from pp_sarathi.bench import gpu
 from pp_sarathi.bench.numerics import hybrid_logits_check
-from pp_sarathi.bench.random_init import random_stage_model
 from pp_sarathi.bench.roofline import batch_flops_bytes, roofline
 from pp_sarathi.cost import BatchShape
 from pp_sarathi.model.arch import ModelArch
+from pp_sarathi.model.random_weights import random_stage_model
 from pp_sarathi.model.shapes import linear_params_per_layer
 
 ROOT = Path(__file__).resolve().parents[1]

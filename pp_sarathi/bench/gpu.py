@@ -38,6 +38,7 @@ from ..metrics.timing import StageClock
 from ..model.arch import ModelArch
 from ..model.kv_cache import KVCache
 from ..model.loader import DTYPES
+from ..model.random_weights import param_bytes, random_stage_model
 from ..model.shapes import kv_bytes_per_token
 from ..runtime.driver import drive
 from ..runtime.executor import StageExecutor
@@ -48,13 +49,15 @@ from ..workload.request import Request
 from .device import device_info, measure_peaks, median, synchronize, time_interleaved
 from .hybrid import HybridBench
 from .numerics import hybrid_logits_check
-from .random_init import LLAMA_13B, param_bytes, random_stage_model
 from .roofline import roofline
 
 # The paper's numbers (LLaMA-13B on one A6000), to print beside ours.
 PAPER_TABLE2_MS = {"prefill_1024": 234.8, "decode_4": 49.96, "hybrid_1021_3": 238.4}
 PAPER_TABLE2_PER_TOKEN_MS = {"prefill": 0.229, "decode": 12.49, "piggybacked_decode": 1.2}
 PAPER_TABLE4_ROW1 = {"decode_speedup": 5.45, "e2e_speedup": 1.33}
+# LLaMA-13B as in the paper (40 layers, 40 heads, hidden 5120), conf/model/llama-13b.yaml.
+LLAMA_13B = dict(vocab_size=32000, hidden_size=5120, intermediate_size=13824, num_layers=40,
+                 num_heads=40, num_kv_heads=40, max_position_embeddings=4096)
 
 
 @dataclass

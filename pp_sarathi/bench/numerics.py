@@ -17,7 +17,7 @@ from ..model.arch import ModelArch
 from ..model.kv_cache import PartSpec, build_attention_metadata
 from ..model.llama import StageModel
 from ..model.shapes import canonical_dtype
-from .random_init import random_stage_model
+from ..model.random_weights import random_stage_model
 
 CHECK_ARCH = dict(vocab_size=1024, hidden_size=256, intermediate_size=688, num_layers=4, num_heads=8,
                   num_kv_heads=4, max_position_embeddings=512)

@@ -1,20 +1,15 @@
 """A :class:`StageModel` with random weights built directly on the device (no checkpoint).
 
-For benchmarks at paper shapes (LLaMA-13B, 26 GB in bf16): the module is created on the meta
-device, allocated once in the target dtype on the target device, and filled in place, so the
-host never holds a copy and nothing is written to disk.
+For benchmarks and the profiler at paper shapes (LLaMA-13B, 26 GB in bf16): the module is
+created on the meta device, allocated once in the target dtype on the target device, and
+filled in place, so the host never holds a copy and nothing is written to disk.
 """
 from __future__ import annotations
 
 import torch
 
-from ..model.arch import ModelArch
-from ..model.llama import StageModel
-
-
-# LLaMA-13B as in the paper (40 layers, 40 heads, hidden 5120), conf/model/llama-13b.yaml.
-LLAMA_13B = dict(vocab_size=32000, hidden_size=5120, intermediate_size=13824, num_layers=40,
-                 num_heads=40, num_kv_heads=40, max_position_embeddings=4096)
+from .arch import ModelArch
+from .llama import StageModel
 
 
 @torch.no_grad()
@@ -39,4 +34,5 @@ def random_stage_model(arch: ModelArch, start: int = 0, end: int | None = None, 
 
 
 def param_bytes(model: torch.nn.Module) -> int:
+    """Bytes of all parameters of ``model`` as allocated."""
     return sum(p.numel() * p.element_size() for p in model.parameters())
