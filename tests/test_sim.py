@@ -179,13 +179,13 @@ def test_time_share_stretches_compute_while_more_stages_than_cores_compute():
 def test_link_intervals_from_stage_records():
     from pp_sarathi.metrics.records import StageRecord
     from pp_sarathi.metrics.records import BatchRecord
-    from pp_sarathi.sim.profile import _link_intervals
+    from pp_sarathi.sim.profile.link import link_intervals
 
     # batch 0: stage 1 waits for stage 0 (hop 0.5); batch 1: data there before stage 1 asks (recv 0.2)
     recs = [StageRecord(0, 0, 0, 0, 0, 1.0, 1.0, 1.1), StageRecord(1, 0, 0.2, 1.5, 1.5, 3.0, 3.0, 3.1),
             StageRecord(0, 1, 1.1, 1.1, 1.1, 2.0, 2.0, 2.2), StageRecord(1, 1, 3.1, 3.3, 3.3, 5.0, 5.0, 5.2)]
     batches = [BatchRecord(0, "prefill", 1, 1, 0, 0.0, 3.4, [0]), BatchRecord(1, "prefill", 1, 1, 0, 1.1, 5.5, [1])]
-    iv = _link_intervals(recs, batches, world=2, skip=0)
+    iv = link_intervals(recs, batches, world=2, skip=0)
     assert iv["hop"] == pytest.approx([0.5]) and iv["recv"] == pytest.approx([0.2])
     assert iv["send_first"] == pytest.approx([0.1, 0.2]) and iv["send_last"] == pytest.approx([0.1, 0.2])
     assert iv["ret"] == pytest.approx([0.4])  # batch 0: the driver was waiting (batch 1 sent at 2.2 < 3.0)
@@ -264,6 +264,7 @@ def test_profile_times_stage_steps_only_once_the_corunners_run_them(tmp_path, mo
     """A whole stage step is timed next to co-runners that already run that very step (else it
     sees the tail of the previous point and comes out close to its uncontended time)."""
     import pp_sarathi.sim.profile as prof
+    from pp_sarathi.sim.profile import bench, run
 
     events = []  # ("switch", point, waited) as told to the co-runners; ("time",) per timed point
     points = []
@@ -281,15 +282,15 @@ def test_profile_times_stage_steps_only_once_the_corunners_run_them(tmp_path, mo
         def stop(self):
             pass
 
-    class Bench(prof._Bench):
+    class Bench(bench.Bench):
         def __init__(self, *a):
             super().__init__(*a)
             points.extend(self.points)
 
-    sample = prof._Timer.sample
-    monkeypatch.setattr(prof, "_Corunners", RecordingCorunners)
-    monkeypatch.setattr(prof, "_Bench", Bench)
-    monkeypatch.setattr(prof._Timer, "sample", lambda self, *a, **kw: events.append(("time",)) or sample(self, *a, **kw))
+    sample = bench.Timer.sample
+    monkeypatch.setattr(run, "Corunners", RecordingCorunners)
+    monkeypatch.setattr(run, "Bench", Bench)
+    monkeypatch.setattr(bench.Timer, "sample", lambda self, *a, **kw: events.append(("time",)) or sample(self, *a, **kw))
     cfg = tiny_cfg()
     cfg.parallel.pp = 2
     cfg.sim.profile_corunners = 1
