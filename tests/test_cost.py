@@ -178,3 +178,33 @@ def test_held_out_error_of_exact_data_is_zero():
     errs = holdout_errors(_op_rows(), ARCH)
     assert {"linear", "attn_prefill", "attn_decode", "overhead"} <= set(errs)
     assert errs["all"]["held_out"] > 10 and errs["all"]["max_abs_rel_err"] < 1e-6
+
+
+def test_profile_csv_round_trip_and_statistics(tmp_path):
+    from pp_sarathi.cost import read_profile, write_profile
+    from pp_sarathi.cost.profile_csv import PROFILE_COLUMNS
+
+    rows = [{**r, "seconds_mean": 2 * r["seconds"], "seconds_min": r["seconds"] / 2} for r in _op_rows()]
+    path = write_profile(rows, tmp_path / "p.csv")
+    assert path.read_text().splitlines()[0].split(",") == PROFILE_COLUMNS
+    back = read_profile(path)
+    assert [(r["op"], r["tokens"], r["chunk"], r["batch"]) for r in back] == \
+        [(r["op"], r["tokens"], r["chunk"], r["batch"]) for r in rows]
+    assert back[0]["seconds"] == pytest.approx(rows[0]["seconds"])
+    assert read_profile(path, "mean")[0]["seconds"] == pytest.approx(2 * rows[0]["seconds"])
+    assert read_profile(path, "min")[0]["seconds"] == pytest.approx(rows[0]["seconds"] / 2)
+    with pytest.raises(ValueError, match="median, mean or min"):
+        read_profile(path, "p90")
+
+
+def test_make_cost_model_picks_the_profile_or_the_roofline(tmp_path):
+    from pp_sarathi.config import RunConfig
+    from pp_sarathi.cost import make_cost_model, write_profile
+
+    cfg = RunConfig()
+    assert isinstance(make_cost_model(cfg, ARCH), RooflineCosts)
+    cfg.sim.profile = str(write_profile(_op_rows(), tmp_path / "p.csv"))
+    assert isinstance(make_cost_model(cfg, ARCH), ProfileCosts)
+    cfg.hardware.tp = 2
+    with pytest.raises(ValueError, match="tensor parallelism"):
+        make_cost_model(cfg, ARCH)
