@@ -11,10 +11,11 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
+from ..cost.messages import HOP_HEADER_INTS, RESULT_HEADER_INTS
+from ..cost.messages import PART_FIELDS as _FIELDS
 from ..scheduler.batch import SampleResult, ScheduledPart
 
 
-_FIELDS = 7  # seq_index, start, num_tokens, is_prefill, sample, output_index, num_blocks
 STOP = -1  # a plan id that tells stages to finish
 HEARTBEAT = -2  # a plan id that only says the driver is alive (stages pass it on)
 
@@ -70,7 +71,7 @@ class StageLink:
         self._isend([torch.tensor([HEARTBEAT, 0, 0], dtype=torch.long, device=self.device)], self.next)
 
     def recv_activations(self) -> tuple[int, list[ScheduledPart] | None, torch.Tensor | None]:
-        header = torch.empty(3, dtype=torch.long, device=self.device)
+        header = torch.empty(HOP_HEADER_INTS, dtype=torch.long, device=self.device)
         dist.recv(header, self.prev)
         plan_id, meta_len, num_tokens = header.tolist()
         if plan_id in (STOP, HEARTBEAT):
@@ -102,7 +103,7 @@ class StageLink:
         self._isend([m.to(self.device) for m in msgs], 0)
 
     def recv_results(self, src: int) -> tuple[int, list[SampleResult | None]]:
-        header = torch.empty(2, dtype=torch.long, device=self.device)
+        header = torch.empty(RESULT_HEADER_INTS, dtype=torch.long, device=self.device)
         dist.recv(header, src)
         plan_id, n = header.tolist()
         tokens = torch.empty(n, dtype=torch.long, device=self.device)

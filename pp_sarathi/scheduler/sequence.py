@@ -32,7 +32,7 @@ class Sequence:
     finish_time: float | None = None
     num_preemptions: int = 0
     preempted_s: float = 0.0
-    _preempted_at: float | None = None
+    preempted_at: float | None = None  # when it was last preempted, until it is admitted again
 
     def __post_init__(self):
         # Prompts never change; simulated ones are lazy sequences whose len() is Python code.

@@ -38,7 +38,7 @@ from collections import deque
 
 from ..metrics.records import StageRecord
 from ..scheduler import BatchPlan, SampleResult
-from .costmodel import BatchShape, CostModel, StageTimes
+from ..cost import BatchShape, CostModel, StageTimes
 
 
 class VirtualClock:
