@@ -145,6 +145,9 @@ class FirstStage:
     def _run(self) -> None:
         clock, link = self.timeline.clock, self.link
         try:
+            if self.executor.device.type == "cuda":  # a new thread starts on the default device
+                import torch
+                torch.cuda.set_device(self.executor.device)
             r0 = None
             while True:
                 r0 = r0 if r0 is not None else clock.stamp()
