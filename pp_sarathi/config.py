@@ -378,7 +378,7 @@ class SimConfig(_Group):
     profile_statistic: ProfileStatistic = ProfileStatistic.median
     compare: bool = False  # simulate every scheduler of compare.schedulers and write compare.json
     trace_max_batches: int = 400  # trace.json / timeline show the first N micro-batches (0 = all)
-    driver_blocks_on_stage0: bool = True  # rank 0 computes stage 0 inside submit (as the runtime does)
+    driver_blocks_on_stage0: bool = False  # the driver waits for stage 0 to finish each micro-batch (the runtime before stage 0 got its own thread)
     schedule_overhead_us: float = 0.0  # virtual time charged per scheduler call that yields a batch
     jitter: float = -1.0  # spread (sd of ln time) of stage compute from step to step; −1 = as measured by the profile (roofline: 0)
     seed: int = 0  # seed of the jitter draws

@@ -8,7 +8,7 @@ import pytest
 from conftest import make_requests, random_prompts, run_engine
 from pp_sarathi.config import (CompareConfig, ModelConfig, ParallelConfig, RunConfig, SamplingConfig,
                                SchedulerConfig, SimConfig, WorkloadConfig)
-from pp_sarathi.runtime.serve import prepare
+from pp_sarathi.runtime.prepare import prepare
 from pp_sarathi.workload.files import WorkloadFileError
 
 

@@ -76,8 +76,11 @@ def test_run_writes_trace_and_timeline(jsonl_run):
     d, _, r = jsonl_run
     trace = json.loads((d / "trace.json").read_text())
     slices = [e for e in trace["traceEvents"] if e.get("ph") == "X"]
-    assert slices and {e["tid"] for e in slices} == {0}
-    assert {e["cat"] for e in slices} >= {"compute"}
+    stage = [e for e in slices if e["cat"] != "driver"]
+    driver = [e for e in slices if e["cat"] == "driver"]
+    assert stage and {e["tid"] for e in stage} == {0}  # pp=1: one stage track
+    assert {e["cat"] for e in stage} >= {"compute"}
+    assert not {e["tid"] for e in driver} & {0}  # the driver's time is its own track, never the stage's
     assert (d / "timeline.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "throughput" in r.stdout  # the results table
 

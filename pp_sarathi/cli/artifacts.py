@@ -7,7 +7,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from ..metrics.outputs import output_record, write_outputs
-from ..metrics.records import BatchRecord, RunOutcome, StageRecord
+from ..metrics.records import BatchRecord, DriverSpan, RunOutcome, StageRecord
 from ..metrics.summary import summarize
 from ..metrics.trace import write_trace
 from ..workload.request import Request
@@ -54,6 +54,8 @@ def write_run_artifacts(outcome: RunOutcome, results: dict, config: dict, run_di
     timeline = {"num_stages": shown.num_stages, "wall_s": shown.wall_s, "device": shown.device,
                 "layer_ranges": shown.layer_ranges, "batches": [asdict(b) for b in shown.batches],
                 "stage_records": [r.to_dict() for r in shown.stage_records]}
+    if not windowed:  # a real run's driver track (the simulator has none)
+        timeline["driver_spans"] = [asdict(s) for s in outcome.driver_spans]
     if windowed:
         timeline["window"] = {"batches": len(shown.batches), "of": len(outcome.batches)}
     (d / "timeline.json").write_text(json.dumps(timeline))
@@ -86,7 +88,8 @@ def load_timeline(run_dir: str | Path) -> RunOutcome:
     return RunOutcome(sequences=[], batches=[BatchRecord(**b) for b in t["batches"]],
                       stage_records=[StageRecord(**r) for r in t["stage_records"]],
                       num_stages=t["num_stages"], wall_s=t["wall_s"],
-                      layer_ranges=[tuple(x) for x in t["layer_ranges"]], device=t["device"])
+                      layer_ranges=[tuple(x) for x in t["layer_ranges"]], device=t["device"],
+                      driver_spans=[DriverSpan(**d) for d in t.get("driver_spans", [])])
 
 
 def salvage_outputs(requests: list[Request], run_dir: str, reason: str) -> None:

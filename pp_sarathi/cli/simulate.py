@@ -22,7 +22,7 @@ from pathlib import Path
 
 from ..config import RunConfig
 from ..metrics.records import RunOutcome
-from ..sim.costmodel import make_cost_model
+from ..cost import make_cost_model
 from ..sim.simulate import run_simulation, sim_arch, simulation_results
 from .artifacts import window, write_run_artifacts
 

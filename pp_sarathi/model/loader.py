@@ -14,8 +14,10 @@ from safetensors import safe_open
 
 from .arch import ModelArch
 from .llama import StageModel
+from .shapes import DTYPE_BYTES
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# The torch dtype of each dtype name the runtime computes in.
+DTYPES = {name: getattr(torch, name) for name in DTYPE_BYTES}
 
 
 class CheckpointError(ValueError):

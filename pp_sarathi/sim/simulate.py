@@ -9,7 +9,6 @@ import copy
 import logging
 import time
 from dataclasses import asdict
-from pathlib import Path
 
 from ..config import CompareConfig, RunConfig
 from ..metrics.compare import run_compare
@@ -18,9 +17,9 @@ from ..model.arch import ModelArch
 from ..runtime.driver import drive
 from ..metrics.records import RunOutcome, SimInfo
 from ..runtime.partition import layer_counts, layer_ranges
-from ..runtime.setup import num_kv_blocks
+from ..runtime.stage import num_kv_blocks
 from ..scheduler import BlockManager, make_scheduler
-from .costmodel import CostModel, RooflineCosts, kv_capacity_tokens, make_cost_model
+from ..cost import CostModel, RooflineCosts, kv_capacity_tokens, make_cost_model
 from .engine import SimPipeline, TimeShare, VirtualClock
 from .workload import PlaceholderTokens, sim_requests
 
@@ -30,15 +29,7 @@ log = logging.getLogger("pp_sarathi")
 def sim_arch(cfg: RunConfig) -> ModelArch:
     """The model's shape without weights: from ``model.path``'s config.json when set, else the
     preset fields ``cfg.model.*`` (nothing is written or loaded)."""
-    m = cfg.model
-    if m.path:
-        return ModelArch.from_pretrained(Path(m.path).expanduser())
-    return ModelArch(family="llama", vocab_size=m.vocab_size, hidden_size=m.hidden_size,
-                     intermediate_size=m.intermediate_size, num_layers=m.num_layers, num_heads=m.num_heads,
-                     num_kv_heads=m.num_kv_heads, head_dim=m.hidden_size // m.num_heads,
-                     max_position_embeddings=m.max_position_embeddings, rms_norm_eps=1e-5,
-                     rope_theta=m.rope_theta, tie_word_embeddings=m.tie_word_embeddings,
-                     eos_token_ids=(2,), dtype=m.dtype)
+    return ModelArch.from_config(cfg.model)
 
 
 def dummy_token(cfg: RunConfig, arch: ModelArch) -> int:
