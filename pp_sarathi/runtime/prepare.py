@@ -43,10 +43,7 @@ def check_devices(cfg: RunConfig) -> None:
 
 def prepare(cfg: RunConfig) -> Prepared:
     """Validate the config, write/locate the model, read the workload: fail here, early."""
-    if cfg.scheduler.chunk_size < 1:
-        raise ValueError(f"scheduler.chunk_size must be >= 1, got {cfg.scheduler.chunk_size}")
-    if cfg.parallel.backend not in ("auto", "gloo", "nccl"):
-        raise ValueError(f"parallel.backend must be auto, gloo or nccl, not {cfg.parallel.backend!r}")
+    cfg.check()  # the config's own rules (config.py), again: fields may have been set since
     Sampler(cfg.sampling)  # validates sampling settings
     check_devices(cfg)
     path, arch = resolve_model(cfg.model)
