@@ -17,6 +17,7 @@ from ..scheduler.batch import SampleResult, ScheduledPart
 
 
 STOP = -1  # a plan id that tells stages to finish
+MAX_PENDING_SENDS = 32  # tensors of unfinished sends a link keeps (a message is 1-4 tensors)
 HEARTBEAT = -2  # a plan id that only says the driver is alive (stages pass it on)
 
 
@@ -123,8 +124,17 @@ class StageLink:
     def _isend(self, tensors: list[torch.Tensor], dst: int) -> None:
         for t in tensors:
             self._pending.append((dist.isend(t, dst), t))
-        # Completed sends release their tensors; keep the list short.
+        # A send's tensor must live until the send is done. gloo reports a send completed only
+        # once it has been waited on, so the oldest ones are waited for (long done by then: at
+        # most ``pp`` micro-batches are in flight) instead of piling up for the whole run.
         self._pending = [(w, t) for w, t in self._pending if not w.is_completed()]
+        while len(self._pending) > MAX_PENDING_SENDS:
+            self._pending.pop(0)[0].wait()
+
+    @property
+    def pending_sends(self) -> int:
+        """Sends whose tensors this link still holds."""
+        return len(self._pending)
 
     def flush(self) -> None:
         for work, _ in self._pending:
