@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .arch import ModelArch, rope_tables
+from .cpu_linear import PackedLinear
 from .kv_cache import AttentionMetadata, KVCache
 
 
@@ -39,10 +40,10 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(h, arch.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(h, arch.rms_norm_eps)
         # Q, K, V fused into one matmul, gate and up into another.
-        self.qkv_proj = nn.Linear(h, arch.q_size + 2 * arch.kv_size, bias=arch.qkv_bias)
-        self.o_proj = nn.Linear(arch.q_size, h, bias=arch.o_bias)
-        self.gate_up_proj = nn.Linear(h, 2 * arch.intermediate_size, bias=arch.mlp_bias)
-        self.down_proj = nn.Linear(arch.intermediate_size, h, bias=arch.mlp_bias)
+        self.qkv_proj = PackedLinear(h, arch.q_size + 2 * arch.kv_size, bias=arch.qkv_bias)
+        self.o_proj = PackedLinear(arch.q_size, h, bias=arch.o_bias)
+        self.gate_up_proj = PackedLinear(h, 2 * arch.intermediate_size, bias=arch.mlp_bias)
+        self.down_proj = PackedLinear(arch.intermediate_size, h, bias=arch.mlp_bias)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 meta: AttentionMetadata, k_pool: torch.Tensor, v_pool: torch.Tensor) -> torch.Tensor:
@@ -97,7 +98,7 @@ class StageModel(nn.Module):
         self.embed_tokens = nn.Embedding(arch.vocab_size, arch.hidden_size) if self.is_first else None
         self.layers = nn.ModuleList(DecoderLayer(arch) for _ in range(start, end))
         self.norm = RMSNorm(arch.hidden_size, arch.rms_norm_eps) if self.is_last else None
-        self.lm_head = nn.Linear(arch.hidden_size, arch.vocab_size, bias=False) if self.is_last else None
+        self.lm_head = PackedLinear(arch.hidden_size, arch.vocab_size, bias=False) if self.is_last else None
         self.reset_rope()
 
     def reset_rope(self) -> None:
