@@ -57,29 +57,36 @@ class DecoderLayer(nn.Module):
         k = k * cos + _rotate_half(k) * sin
         k_pool.index_copy_(0, meta.slot_mapping, k)
         v_pool.index_copy_(0, meta.slot_mapping, v)
-        attn = self._attention(q, meta, k_pool, v_pool)
+        attn = self._attention(q, k, v, meta, k_pool, v_pool)
         x = x + self.o_proj(attn.reshape(-1, a.q_size))
         gate, up = self.gate_up_proj(self.post_attention_layernorm(x)).chunk(2, dim=-1)
         return x + self.down_proj(F.silu(gate) * up)
 
-    def _attention(self, q, meta: AttentionMetadata, k_pool, v_pool) -> torch.Tensor:
+    def _attention(self, q, k, v, meta: AttentionMetadata, k_pool, v_pool) -> torch.Tensor:
         out = torch.empty_like(q)
         gqa = self.arch.num_kv_heads != self.arch.num_heads
-        for row, n, start, gather, mask in meta.chunks:
+        bs = meta.block_size
+        k_blocks = k_pool.view(-1, bs, *k_pool.shape[1:])  # [num_blocks, block_size, Hkv, d]
+        v_blocks = v_pool.view(-1, bs, *v_pool.shape[1:])
+        for row, n, start, blocks, mask in meta.chunks:
             qc = q[row:row + n].transpose(0, 1).unsqueeze(0)  # [1, H, n, d]
-            kc = k_pool.index_select(0, gather).transpose(0, 1).unsqueeze(0)  # [1, Hkv, ctx, d]
-            vc = v_pool.index_select(0, gather).transpose(0, 1).unsqueeze(0)
+            if blocks is None:  # the chunk starts its sequence: its own K/V are all it sees
+                kc, vc = k[row:row + n], v[row:row + n]
+            else:
+                ctx = start + n
+                kc = k_blocks.index_select(0, blocks).flatten(0, 1)[:ctx]  # [ctx, Hkv, d]
+                vc = v_blocks.index_select(0, blocks).flatten(0, 1)[:ctx]
+            kc = kc.transpose(0, 1).unsqueeze(0)  # [1, Hkv, ctx, d]
+            vc = vc.transpose(0, 1).unsqueeze(0)
             o = F.scaled_dot_product_attention(qc, kc, vc, attn_mask=mask, is_causal=mask is None,
                                                enable_gqa=gqa)
             out[row:row + n] = o[0].transpose(0, 1)
         if meta.decode_rows is not None:
             qd = q[meta.decode_rows].unsqueeze(2)  # [D, H, 1, d]
-            # index_select over the flattened slots is a plain gather copy (cheaper than
-            # advanced indexing with a 2-D index).
-            shape = (*meta.decode_gather.shape, *k_pool.shape[1:])
-            flat = meta.decode_gather.view(-1)
-            kd = k_pool.index_select(0, flat).view(shape).transpose(1, 2)  # [D, Hkv, ctx, d]
-            vd = v_pool.index_select(0, flat).view(shape).transpose(1, 2)
+            shape = (meta.decode_blocks.shape[0], -1, *k_pool.shape[1:])  # [D, max_blocks * bs, Hkv, d]
+            flat = meta.decode_blocks.view(-1)
+            kd = k_blocks.index_select(0, flat).view(shape).transpose(1, 2)  # [D, Hkv, width, d]
+            vd = v_blocks.index_select(0, flat).view(shape).transpose(1, 2)
             o = F.scaled_dot_product_attention(qd, kd, vd, attn_mask=meta.decode_mask, enable_gqa=gqa)
             out[meta.decode_rows] = o.squeeze(2)
         return out
