@@ -21,6 +21,9 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.float32 and self.weight.dtype == torch.float32:
+            # Already float32: the same formula as below, as one fused kernel.
+            return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
         # Normalise in float32 whatever the activation dtype, as the reference does.
         xf = x.float()
         xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
@@ -49,18 +52,24 @@ class DecoderLayer(nn.Module):
                 meta: AttentionMetadata, k_pool: torch.Tensor, v_pool: torch.Tensor) -> torch.Tensor:
         a = self.arch
         qkv = self.qkv_proj(self.input_layernorm(x))
-        q, k, v = qkv.split([a.q_size, a.kv_size, a.kv_size], dim=-1)
-        q = q.view(-1, a.num_heads, a.head_dim)
-        k = k.view(-1, a.num_kv_heads, a.head_dim)
-        v = v.view(-1, a.num_kv_heads, a.head_dim)
-        q = q * cos + _rotate_half(q) * sin
-        k = k * cos + _rotate_half(k) * sin
+        # Q and K side by side as heads of one tensor: one rotary pass over both.
+        qk = qkv[:, :a.q_size + a.kv_size].view(-1, a.num_heads + a.num_kv_heads, a.head_dim)
+        qk = qk * cos + _rotate_half(qk) * sin
+        q, k = qk.split([a.num_heads, a.num_kv_heads], dim=1)
+        v = qkv[:, a.q_size + a.kv_size:].view(-1, a.num_kv_heads, a.head_dim)
         k_pool.index_copy_(0, meta.slot_mapping, k)
         v_pool.index_copy_(0, meta.slot_mapping, v)
         attn = self._attention(q, k, v, meta, k_pool, v_pool)
-        x = x + self.o_proj(attn.reshape(-1, a.q_size))
-        gate, up = self.gate_up_proj(self.post_attention_layernorm(x)).chunk(2, dim=-1)
-        return x + self.down_proj(F.silu(gate) * up)
+        # Residuals and the gated activation accumulate into the fresh projection outputs
+        # (fewer activation-sized allocations per layer; same sums).
+        h = self.o_proj(attn.reshape(-1, a.q_size))
+        h += x
+        gate, up = self.gate_up_proj(self.post_attention_layernorm(h)).chunk(2, dim=-1)
+        act = F.silu(gate)
+        act *= up
+        out = self.down_proj(act)
+        out += h
+        return out
 
     def _attention(self, q, k, v, meta: AttentionMetadata, k_pool, v_pool) -> torch.Tensor:
         out = torch.empty_like(q)
