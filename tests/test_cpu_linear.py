@@ -54,3 +54,10 @@ def test_bfloat16_and_fallbacks():
         assert PackedLinear(8, 8).packed_weight() is None
     finally:
         PackedLinear.enabled = True
+
+
+def test_weights_made_under_inference_mode():
+    with torch.inference_mode():
+        lin = PackedLinear(16, 8)
+        x = torch.randn(3, 16)
+        torch.testing.assert_close(lin(x), F.linear(x, lin.weight, lin.bias), rtol=1e-5, atol=1e-6)

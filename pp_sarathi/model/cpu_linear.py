@@ -38,7 +38,10 @@ class PackedLinear(nn.Linear):
 
     def _key(self) -> tuple:
         w = self.weight
-        return (w.data_ptr(), w._version, w.dtype)
+        # Inference tensors (weights loaded under inference_mode) carry no version counter;
+        # their storage identity is all there is to follow.
+        version = -1 if w.is_inference() else w._version
+        return (w.data_ptr(), version, w.dtype)
 
     def packed_weight(self) -> torch.Tensor | None:
         """The packed weight (built now if missing or stale), or None where it does not apply."""

@@ -59,7 +59,7 @@ class DecoderLayer(nn.Module):
         v = qkv[:, a.q_size + a.kv_size:].view(-1, a.num_kv_heads, a.head_dim)
         k_pool.index_copy_(0, meta.slot_mapping, k)
         v_pool.index_copy_(0, meta.slot_mapping, v)
-        attn = self._attention(q, k, v, meta, k_pool, v_pool)
+        attn = self._attention(q, meta, k_pool, v_pool, k, v)
         # Residuals and the gated activation accumulate into the fresh projection outputs
         # (fewer activation-sized allocations per layer; same sums).
         h = self.o_proj(attn.reshape(-1, a.q_size))
@@ -71,7 +71,9 @@ class DecoderLayer(nn.Module):
         out += h
         return out
 
-    def _attention(self, q, k, v, meta: AttentionMetadata, k_pool, v_pool) -> torch.Tensor:
+    def _attention(self, q, meta: AttentionMetadata, k_pool, v_pool, k=None, v=None) -> torch.Tensor:
+        """Attention of every part; ``k``/``v`` are this batch's new K/V (rows as ``q``), which
+        a first chunk uses directly; without them it reads its own slots back from the cache."""
         out = torch.empty_like(q)
         gqa = self.arch.num_kv_heads != self.arch.num_heads
         bs = meta.block_size
@@ -80,7 +82,11 @@ class DecoderLayer(nn.Module):
         for row, n, start, blocks, mask in meta.chunks:
             qc = q[row:row + n].transpose(0, 1).unsqueeze(0)  # [1, H, n, d]
             if blocks is None:  # the chunk starts its sequence: its own K/V are all it sees
-                kc, vc = k[row:row + n], v[row:row + n]
+                if k is not None:
+                    kc, vc = k[row:row + n], v[row:row + n]
+                else:
+                    own = meta.slot_mapping[row:row + n]
+                    kc, vc = k_pool.index_select(0, own), v_pool.index_select(0, own)
             else:
                 ctx = start + n
                 kc = k_blocks.index_select(0, blocks).flatten(0, 1)[:ctx]  # [ctx, Hkv, d]
