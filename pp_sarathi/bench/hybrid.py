@@ -43,6 +43,7 @@ class HybridBench:
             raise ValueError(f"prefill {max_prefill} / context {context_len} + 1 exceed the model's "
                              f"context of {arch.max_position_embeddings}")
         self.model = model
+        model.prepare_kernels()
         self.device = next(model.parameters()).device
         self.block_size = block_size
         self.context_len = context_len

@@ -131,6 +131,13 @@ class StageModel(nn.Module):
         self.register_buffer("rope_cos", cos.to(device), persistent=False)
         self.register_buffer("rope_sin", sin.to(device), persistent=False)
 
+    def prepare_kernels(self) -> None:
+        """Build now what the first forward would otherwise build inside the serving loop
+        (the packed CPU weights of model/cpu_linear.py); a no-op where nothing applies."""
+        for m in self.modules():
+            if isinstance(m, PackedLinear):
+                m.packed_weight()
+
     @property
     def num_local_layers(self) -> int:
         return self.end - self.start
