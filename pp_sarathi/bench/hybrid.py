@@ -27,9 +27,11 @@ class HybridBench:
     """A KV cache with a prefill slot and ``max_decodes`` decode requests whose contexts are filled.
 
     Decode request i has ``context_len`` cached tokens (random K/V, which is all a timing needs)
-    and its new token at position ``context_len``. The prefill request is fresh: a chunk of n
-    tokens at position ``start`` writes slots ``start .. start+n-1`` of its own blocks (every
-    repeat overwrites the same slots, so repeats see the same state).
+    and its new token at position ``context_len``. The prefill request has its own blocks for
+    ``max_prefill + context_len`` tokens: a chunk of n tokens at position ``start`` (0 for a
+    first chunk, up to ``context_len`` for a later one, which attends to the random K/V before
+    it) writes slots ``start .. start+n-1`` (every repeat overwrites the same slots, so repeats
+    see the same state).
     """
 
     def __init__(self, model: StageModel, max_prefill: int, max_decodes: int, context_len: int,
@@ -41,11 +43,13 @@ class HybridBench:
             raise ValueError(f"prefill {max_prefill} / context {context_len} + 1 exceed the model's "
                              f"context of {arch.max_position_embeddings}")
         self.model = model
+        model.prepare_kernels()
         self.device = next(model.parameters()).device
         self.block_size = block_size
         self.context_len = context_len
         nb = lambda n: -(-n // block_size)  # noqa: E731
-        self.prefill_table = list(range(nb(max_prefill)))
+        # Room for a chunk that starts after ``context_len`` earlier prompt tokens (a later chunk).
+        self.prefill_table = list(range(nb(max_prefill + context_len)))
         per_dec = nb(context_len + 1)
         base = len(self.prefill_table)
         self.decode_tables = [list(range(base + i * per_dec, base + (i + 1) * per_dec))

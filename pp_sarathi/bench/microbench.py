@@ -14,7 +14,11 @@ piggybacked cost per token), plus each batch's roofline bound and the achieved f
 the minima, the spread (max/min) and a paired marginal (median over rounds of S3_r - S1_r),
 which resist load changes on a shared machine better than the difference of two medians.
 A timed call is forward + greedy pick of the sampled rows (a host sync, as in a real
-iteration); building the attention metadata is timed apart (``meta_s3_ms``).
+iteration); building the attention metadata (the per-step host work of the step path) is timed
+apart (``meta_s3_ms``). For S3 the linear layers are also timed inside the forward and against
+torch's standalone ``F.linear`` on the same shapes (``s3_linear_frac``, bench/linear_rate.py).
+On the CPU the matmul peak of the roofline is the better of ``torch.mm`` and the oneDNN-packed
+linear the model uses (model/cpu_linear.py), so the roofline is the machine's, not one BLAS's.
 """
 from __future__ import annotations
 
@@ -24,12 +28,14 @@ import logging
 import time
 from pathlib import Path
 
+import torch
 
 from ..config import RunConfig
 from ..metrics.timing import StageClock
 from ..model.llama import StageModel
 from .device import DevicePeaks, device_info, measure_peaks, median, time_interleaved
 from .hybrid import HybridBench
+from .linear_rate import measure_linear_rate
 from .roofline import batch_flops_bytes
 
 log = logging.getLogger("pp_sarathi")
@@ -41,7 +47,7 @@ CSV_FIELDS = [
     "piggyback_speedup",
     "s1_bound_ms", "s2_bound_ms", "s3_bound_ms", "s1_frac", "s2_frac", "s3_frac",
     "s1_limiter", "s2_limiter", "s3_limiter", "s1_gflop", "s2_gflop", "s3_gflop", "s1_mb", "s2_mb", "s3_mb",
-    "meta_s3_ms",
+    "meta_s3_ms", "s3_linear_ms", "s3_linear_torch_ms", "s3_linear_frac", "s3_linear_share", "s3_linear_gflops",
     "s1_min_ms", "s2_min_ms", "s3_min_ms", "max_spread", "marginal_paired_ms", "piggyback_speedup_paired",
 ]
 NOISY_SPREAD = 1.5  # max/min of a batch's samples above this: the machine was not quiet
@@ -81,6 +87,9 @@ def table2_row(bench: HybridBench, clock: StageClock, chunk: int, batch: int, wa
         flops, nbytes = batch_flops_bytes(arch, b.shape, elem)
         row[f"{key}_gflop"], row[f"{key}_mb"] = flops / 1e9, nbytes / 1e6
     row["meta_s3_ms"] = median(meta_s) * 1e3
+    lin = measure_linear_rate(model, b3.run, clock, rounds=max(3, min(repeats, 5)))
+    row.update(s3_linear_ms=lin.forward_ms, s3_linear_torch_ms=lin.torch_ms, s3_linear_frac=lin.fraction,
+               s3_linear_share=lin.share, s3_linear_gflops=lin.gflops)
     for k in ("s1", "s2", "s3"):
         row[f"{k}_min_ms"] = min(samples[k]) * 1e3
     row["max_spread"] = max(max(v) / min(v) for v in samples.values())
@@ -103,6 +112,23 @@ def apply_roofline(rows: list[dict], peaks: DevicePeaks) -> None:
             r[f"{k}_limiter"] = "compute" if c >= m else "memory"
 
 
+def machine_peaks(device, dtype) -> DevicePeaks:
+    """Measured peaks; on the CPU the matmul peak is the better of ``torch.mm`` and the packed
+    oneDNN linear the model's layers use (same square shape)."""
+    peaks = measure_peaks(device, dtype)
+    if torch.device(device).type == "cpu":
+        from ..model.cpu_linear import PackedLinear
+
+        n = peaks.matmul_n
+        lin = PackedLinear(n, n, bias=False).to(dtype)
+        x = torch.randn(n, n).to(dtype)
+        if lin.packed_weight() is not None:
+            with torch.inference_mode():
+                times = [_wall(lambda: lin(x)) for _ in range(4)]
+            peaks.matmul_flops = max(peaks.matmul_flops, 2.0 * n ** 3 / min(times[1:]))
+    return peaks
+
+
 def _wall(fn) -> float:
     t = time.perf_counter()
     fn()
@@ -111,7 +137,7 @@ def _wall(fn) -> float:
 
 def format_table(rows: list[dict]) -> str:
     head = ("chunk", "B", "S1 ms", "S2 ms", "S3 ms", "S1+S2", "S3-S1", "/dec", "S2/B", "speedup",
-            "paired", "spd(pair)", "S1 roof", "S2 roof", "S3 roof", "meta")
+            "paired", "spd(pair)", "S1 roof", "S2 roof", "S3 roof", "meta", "lin/torch", "lin GF/s")
     lines = ["  ".join(f"{h:>8}" for h in head)]
     for r in rows:
         sp = r["piggyback_speedup"]
@@ -120,7 +146,8 @@ def format_table(rows: list[dict]) -> str:
                 f"{r['decode_only_per_token_ms']:.3f}", "n/a" if sp is None else f"{sp:.2f}x",
                 f"{r['marginal_paired_ms']:.2f}",
                 "n/a" if r["piggyback_speedup_paired"] is None else f"{r['piggyback_speedup_paired']:.2f}x",
-                f"{r['s1_frac']:.0%}", f"{r['s2_frac']:.0%}", f"{r['s3_frac']:.0%}", f"{r['meta_s3_ms']:.2f}")
+                f"{r['s1_frac']:.0%}", f"{r['s2_frac']:.0%}", f"{r['s3_frac']:.0%}", f"{r['meta_s3_ms']:.2f}",
+                f"{r['s3_linear_frac']:.0%}", f"{r['s3_linear_gflops']:.0f}")
         lines.append("  ".join(f"{v:>8}" for v in vals))
     return "\n".join(lines)
 
@@ -144,7 +171,7 @@ def run_microbench(cfg: RunConfig, run_dir: Path, *, model: StageModel | None = 
           f"load avg {info['load_avg']}", flush=True)
     bench = HybridBench(model, max(mb.chunk_sizes), max(mb.decode_batch_sizes), mb.context_len,
                         cfg.cache.block_size, seed=cfg.model.seed)
-    peaks = measure_peaks(device, dtype)
+    peaks = machine_peaks(device, dtype)
     print(f"measured peaks: matmul {peaks.matmul_flops / 1e12:.3f} TFLOP/s ({peaks.dtype}, n={peaks.matmul_n}), "
           f"copy {peaks.copy_bytes_per_s / 1e9:.1f} GB/s (read+write)", flush=True)
     clock = StageClock(device)
@@ -157,7 +184,7 @@ def run_microbench(cfg: RunConfig, run_dir: Path, *, model: StageModel | None = 
             raw.append({"chunk": chunk, "decode_batch": batch, "samples_ms": samples})
     # Peaks again at the end: on a shared machine either measurement may have hit a busy moment,
     # and a busy moment only lowers a peak, so the roofline uses the higher of the two.
-    peaks_end = measure_peaks(device, dtype)
+    peaks_end = machine_peaks(device, dtype)
     print(f"peaks at the end: matmul {peaks_end.matmul_flops / 1e12:.3f} TFLOP/s, copy "
           f"{peaks_end.copy_bytes_per_s / 1e9:.1f} GB/s; the roofline uses the higher of each", flush=True)
     peaks_start, peaks = peaks, peaks.best(peaks_end)
@@ -166,6 +193,11 @@ def run_microbench(cfg: RunConfig, run_dir: Path, *, model: StageModel | None = 
     print(f"model: {arch.num_layers} layers, hidden {arch.hidden_size}, {arch.num_params() / 1e6:.1f}M params; "
           f"decode context {mb.context_len}; median of {mb.repeats} after {mb.warmup} warm-up")
     print(format_table(rows), flush=True)
+    for r in rows:
+        print(f"chunk {r['chunk']} + {r['decode_batch']} decodes: {r['s3_frac']:.0%} of the roofline; linear layers "
+              f"{r['s3_linear_share']:.0%} of the forward at {r['s3_linear_gflops']:.0f} GFLOP/s = "
+              f"{r['s3_linear_frac']:.0%} of torch's standalone F.linear on the same shapes; host metadata "
+              f"{r['meta_s3_ms']:.2f} ms per step ({r['meta_s3_ms'] / r['s3_ms']:.1%} of the step)")
     noisy = [r for r in rows if r["max_spread"] > NOISY_SPREAD]
     if noisy:
         print(f"warning: {len(noisy)} of {len(rows)} rows have samples spread over more than {NOISY_SPREAD}x "

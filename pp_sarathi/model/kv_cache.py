@@ -38,82 +38,92 @@ class PartSpec:
 
 @dataclass
 class AttentionMetadata:
-    """Index tensors shared by every layer of one forward pass."""
+    """Index tensors shared by every layer of one forward pass.
+
+    Attention reads the cache a whole block at a time: a part's keys are the blocks of its
+    block table that cover its context, gathered in one ``index_select`` over the pool viewed
+    as ``[num_blocks, block_size, ...]`` (a few large copies instead of one small copy per
+    token), and the tail of the last block beyond the context is masked or sliced off.
+    """
 
     positions: torch.Tensor  # [T] position of each flat token
     slot_mapping: torch.Tensor  # [T] cache slot each new token's K/V is written to
     logits_indices: torch.Tensor  # [L] flat rows that go through the LM head
-    # Parts of more than one token: (first flat row, num_tokens, start position, gather index,
-    # mask: None = causal from position 0, else a bool mask or a lower-right causal bias)
-    chunks: list[tuple[int, int, int, torch.Tensor, torch.Tensor | None]]
-    # Single-token parts (decodes) attended together: flat rows, gather index, key mask
+    # Parts of more than one token: (first flat row, num_tokens, start position, blocks to
+    # gather, mask). blocks is None for a chunk that starts its sequence (it attends only to
+    # its own K/V, which the layer has at hand). mask: None = causal over the chunk's own
+    # keys, else a bool mask or a lower-right causal bias over the ``start + num_tokens`` keys.
+    chunks: list[tuple[int, int, int, torch.Tensor | None, torch.Tensor | None]]
+    # Single-token parts (decodes) attended together: flat rows, blocks, key mask
     decode_rows: torch.Tensor | None
-    decode_gather: torch.Tensor | None  # [D, max_ctx] slots
-    decode_mask: torch.Tensor | None  # [D, 1, 1, max_ctx] True where the key is visible
+    decode_blocks: torch.Tensor | None  # [D, max_blocks] block ids (padding: block 0, masked)
+    decode_mask: torch.Tensor | None  # [D, 1, 1, max_blocks * block_size] True where the key is visible
+    block_size: int = 16
 
     @property
     def num_tokens(self) -> int:
         return int(self.positions.numel())
 
 
-def _slots(table: torch.Tensor, block_size: int, begin: int, end: int) -> torch.Tensor:
-    pos = torch.arange(begin, end)
-    return table[pos // block_size] * block_size + pos % block_size
-
-
 def build_attention_metadata(parts: list[PartSpec], block_size: int, device,
                              sliding_window: int | None = None) -> AttentionMetadata:
-    """Turn a batch's parts into the index tensors the attention layers use."""
-    positions: list[torch.Tensor] = []
-    slot_mapping: list[torch.Tensor] = []
+    """Turn a batch's parts into the index tensors the attention layers use.
+
+    Host work is plain Python over the parts; each tensor is made once and moved once."""
+    positions: list[int] = []
+    slot_mapping: list[int] = []
     logits_rows: list[int] = []
     chunks = []
-    dec_rows, dec_slots, dec_lens = [], [], []
+    dec_rows: list[int] = []
+    dec_tables: list[list[int]] = []
+    dec_lens: list[int] = []
     row = 0
     for part in parts:
-        end = part.start + part.num_tokens
-        if len(part.block_table) * block_size < end:
-            raise ValueError(f"block table of {len(part.block_table)} blocks cannot hold {end} tokens")
-        table = torch.as_tensor(part.block_table, dtype=torch.long)
-        ctx_slots = _slots(table, block_size, 0, end)
-        positions.append(torch.arange(part.start, end))
-        slot_mapping.append(ctx_slots[part.start:])
+        begin, end = part.start, part.start + part.num_tokens
+        table = part.block_table
+        if len(table) * block_size < end:
+            raise ValueError(f"block table of {len(table)} blocks cannot hold {end} tokens")
+        positions.extend(range(begin, end))
+        slot_mapping.extend(table[p // block_size] * block_size + p % block_size for p in range(begin, end))
+        used = -(-end // block_size)
         if part.num_tokens == 1:
             dec_rows.append(row)
-            dec_slots.append(ctx_slots)
+            dec_tables.append(table[:used])
             dec_lens.append(end)
         else:
-            mask = None  # None: plain causal (the chunk starts the sequence)
+            mask = None  # None: plain causal over the chunk's own keys (it starts the sequence)
             if sliding_window:
-                q_pos = torch.arange(part.start, end, device=device)[:, None]
+                q_pos = torch.arange(begin, end, device=device)[:, None]
                 k_pos = torch.arange(end, device=device)[None, :]
                 mask = (k_pos <= q_pos) & (k_pos > q_pos - sliding_window)
-            elif part.start > 0:
+            elif begin > 0:
                 # Causal aligned to the end of the keys; SDPA keeps its fused kernels for this.
                 mask = causal_lower_right(part.num_tokens, end)
-            chunks.append((row, part.num_tokens, part.start, ctx_slots.to(device), mask))
+            blocks = None if begin == 0 else torch.tensor(table[:used], dtype=torch.long, device=device)
+            chunks.append((row, part.num_tokens, begin, blocks, mask))
         if part.needs_logits:
             logits_rows.append(row + part.num_tokens - 1)
         row += part.num_tokens
 
-    decode_rows = decode_gather = decode_mask = None
+    decode_rows = decode_blocks = decode_mask = None
     if dec_rows:
-        width = max(dec_lens)
-        gather = torch.zeros(len(dec_rows), width, dtype=torch.long)
-        mask = torch.zeros(len(dec_rows), width, dtype=torch.bool)
-        for i, (slots, n) in enumerate(zip(dec_slots, dec_lens)):
-            gather[i, :n] = slots
-            lo = max(0, n - sliding_window) if sliding_window else 0
-            mask[i, lo:n] = True
+        width = max(len(t) for t in dec_tables)
+        decode_blocks = torch.tensor([t + [0] * (width - len(t)) for t in dec_tables], dtype=torch.long)
+        key_pos = torch.arange(width * block_size)
+        lens = torch.tensor(dec_lens)[:, None]
+        mask = key_pos[None, :] < lens
+        if sliding_window:
+            mask &= key_pos[None, :] >= lens - sliding_window
         decode_rows = torch.tensor(dec_rows, dtype=torch.long, device=device)
-        decode_gather = gather.to(device)
+        decode_blocks = decode_blocks.to(device)
         decode_mask = mask[:, None, None, :].to(device)
     return AttentionMetadata(
-        positions=torch.cat(positions).to(device),
-        slot_mapping=torch.cat(slot_mapping).to(device),
+        positions=torch.tensor(positions, dtype=torch.long, device=device),
+        slot_mapping=torch.tensor(slot_mapping, dtype=torch.long, device=device),
         logits_indices=torch.tensor(logits_rows, dtype=torch.long, device=device),
         chunks=chunks,
         decode_rows=decode_rows,
-        decode_gather=decode_gather,
+        decode_blocks=decode_blocks,
         decode_mask=decode_mask,
+        block_size=block_size,
     )

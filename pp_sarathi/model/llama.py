@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .arch import ModelArch, rope_tables
+from .cpu_linear import PackedLinear
 from .kv_cache import AttentionMetadata, KVCache
 
 
@@ -20,6 +21,9 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.float32 and self.weight.dtype == torch.float32:
+            # Already float32: the same formula as below, as one fused kernel.
+            return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
         # Normalise in float32 whatever the activation dtype, as the reference does.
         xf = x.float()
         xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
@@ -39,46 +43,65 @@ class DecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(h, arch.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(h, arch.rms_norm_eps)
         # Q, K, V fused into one matmul, gate and up into another.
-        self.qkv_proj = nn.Linear(h, arch.q_size + 2 * arch.kv_size, bias=arch.qkv_bias)
-        self.o_proj = nn.Linear(arch.q_size, h, bias=arch.o_bias)
-        self.gate_up_proj = nn.Linear(h, 2 * arch.intermediate_size, bias=arch.mlp_bias)
-        self.down_proj = nn.Linear(arch.intermediate_size, h, bias=arch.mlp_bias)
+        self.qkv_proj = PackedLinear(h, arch.q_size + 2 * arch.kv_size, bias=arch.qkv_bias)
+        self.o_proj = PackedLinear(arch.q_size, h, bias=arch.o_bias)
+        self.gate_up_proj = PackedLinear(h, 2 * arch.intermediate_size, bias=arch.mlp_bias)
+        self.down_proj = PackedLinear(arch.intermediate_size, h, bias=arch.mlp_bias)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
                 meta: AttentionMetadata, k_pool: torch.Tensor, v_pool: torch.Tensor) -> torch.Tensor:
         a = self.arch
         qkv = self.qkv_proj(self.input_layernorm(x))
-        q, k, v = qkv.split([a.q_size, a.kv_size, a.kv_size], dim=-1)
-        q = q.view(-1, a.num_heads, a.head_dim)
-        k = k.view(-1, a.num_kv_heads, a.head_dim)
-        v = v.view(-1, a.num_kv_heads, a.head_dim)
-        q = q * cos + _rotate_half(q) * sin
-        k = k * cos + _rotate_half(k) * sin
+        # Q and K side by side as heads of one tensor: one rotary pass over both.
+        qk = qkv[:, :a.q_size + a.kv_size].view(-1, a.num_heads + a.num_kv_heads, a.head_dim)
+        qk = qk * cos + _rotate_half(qk) * sin
+        q, k = qk.split([a.num_heads, a.num_kv_heads], dim=1)
+        v = qkv[:, a.q_size + a.kv_size:].view(-1, a.num_kv_heads, a.head_dim)
         k_pool.index_copy_(0, meta.slot_mapping, k)
         v_pool.index_copy_(0, meta.slot_mapping, v)
-        attn = self._attention(q, meta, k_pool, v_pool)
-        x = x + self.o_proj(attn.reshape(-1, a.q_size))
-        gate, up = self.gate_up_proj(self.post_attention_layernorm(x)).chunk(2, dim=-1)
-        return x + self.down_proj(F.silu(gate) * up)
+        attn = self._attention(q, meta, k_pool, v_pool, k, v)
+        # Residuals and the gated activation accumulate into the fresh projection outputs
+        # (fewer activation-sized allocations per layer; same sums).
+        h = self.o_proj(attn.reshape(-1, a.q_size))
+        h += x
+        gate, up = self.gate_up_proj(self.post_attention_layernorm(h)).chunk(2, dim=-1)
+        act = F.silu(gate)
+        act *= up
+        out = self.down_proj(act)
+        out += h
+        return out
 
-    def _attention(self, q, meta: AttentionMetadata, k_pool, v_pool) -> torch.Tensor:
+    def _attention(self, q, meta: AttentionMetadata, k_pool, v_pool, k=None, v=None) -> torch.Tensor:
+        """Attention of every part; ``k``/``v`` are this batch's new K/V (rows as ``q``), which
+        a first chunk uses directly; without them it reads its own slots back from the cache."""
         out = torch.empty_like(q)
         gqa = self.arch.num_kv_heads != self.arch.num_heads
-        for row, n, start, gather, mask in meta.chunks:
+        bs = meta.block_size
+        k_blocks = k_pool.view(-1, bs, *k_pool.shape[1:])  # [num_blocks, block_size, Hkv, d]
+        v_blocks = v_pool.view(-1, bs, *v_pool.shape[1:])
+        for row, n, start, blocks, mask in meta.chunks:
             qc = q[row:row + n].transpose(0, 1).unsqueeze(0)  # [1, H, n, d]
-            kc = k_pool.index_select(0, gather).transpose(0, 1).unsqueeze(0)  # [1, Hkv, ctx, d]
-            vc = v_pool.index_select(0, gather).transpose(0, 1).unsqueeze(0)
+            if blocks is None:  # the chunk starts its sequence: its own K/V are all it sees
+                if k is not None:
+                    kc, vc = k[row:row + n], v[row:row + n]
+                else:
+                    own = meta.slot_mapping[row:row + n]
+                    kc, vc = k_pool.index_select(0, own), v_pool.index_select(0, own)
+            else:
+                ctx = start + n
+                kc = k_blocks.index_select(0, blocks).flatten(0, 1)[:ctx]  # [ctx, Hkv, d]
+                vc = v_blocks.index_select(0, blocks).flatten(0, 1)[:ctx]
+            kc = kc.transpose(0, 1).unsqueeze(0)  # [1, Hkv, ctx, d]
+            vc = vc.transpose(0, 1).unsqueeze(0)
             o = F.scaled_dot_product_attention(qc, kc, vc, attn_mask=mask, is_causal=mask is None,
                                                enable_gqa=gqa)
             out[row:row + n] = o[0].transpose(0, 1)
         if meta.decode_rows is not None:
             qd = q[meta.decode_rows].unsqueeze(2)  # [D, H, 1, d]
-            # index_select over the flattened slots is a plain gather copy (cheaper than
-            # advanced indexing with a 2-D index).
-            shape = (*meta.decode_gather.shape, *k_pool.shape[1:])
-            flat = meta.decode_gather.view(-1)
-            kd = k_pool.index_select(0, flat).view(shape).transpose(1, 2)  # [D, Hkv, ctx, d]
-            vd = v_pool.index_select(0, flat).view(shape).transpose(1, 2)
+            shape = (meta.decode_blocks.shape[0], -1, *k_pool.shape[1:])  # [D, max_blocks * bs, Hkv, d]
+            flat = meta.decode_blocks.view(-1)
+            kd = k_blocks.index_select(0, flat).view(shape).transpose(1, 2)  # [D, Hkv, width, d]
+            vd = v_blocks.index_select(0, flat).view(shape).transpose(1, 2)
             o = F.scaled_dot_product_attention(qd, kd, vd, attn_mask=meta.decode_mask, enable_gqa=gqa)
             out[meta.decode_rows] = o.squeeze(2)
         return out
@@ -97,7 +120,7 @@ class StageModel(nn.Module):
         self.embed_tokens = nn.Embedding(arch.vocab_size, arch.hidden_size) if self.is_first else None
         self.layers = nn.ModuleList(DecoderLayer(arch) for _ in range(start, end))
         self.norm = RMSNorm(arch.hidden_size, arch.rms_norm_eps) if self.is_last else None
-        self.lm_head = nn.Linear(arch.hidden_size, arch.vocab_size, bias=False) if self.is_last else None
+        self.lm_head = PackedLinear(arch.hidden_size, arch.vocab_size, bias=False) if self.is_last else None
         self.reset_rope()
 
     def reset_rope(self) -> None:
@@ -107,6 +130,13 @@ class StageModel(nn.Module):
         cos, sin = rope_tables(self.arch)
         self.register_buffer("rope_cos", cos.to(device), persistent=False)
         self.register_buffer("rope_sin", sin.to(device), persistent=False)
+
+    def prepare_kernels(self) -> None:
+        """Build now what the first forward would otherwise build inside the serving loop
+        (the packed CPU weights of model/cpu_linear.py); a no-op where nothing applies."""
+        for m in self.modules():
+            if isinstance(m, PackedLinear):
+                m.packed_weight()
 
     @property
     def num_local_layers(self) -> int:

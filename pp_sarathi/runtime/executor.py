@@ -16,6 +16,7 @@ class StageExecutor:
         self.kv = kv
         self.sampler = sampler
         self.device = next(model.parameters()).device
+        model.prepare_kernels()  # at load time, not in the first step
 
     @property
     def is_first(self) -> bool:

