@@ -27,9 +27,22 @@ def prepare_host(local_stages: int, parallel, threads: int = 0) -> None:
     """Threads for one of ``local_stages`` stages (``threads``, else ``parallel.threads_per_stage``,
     else an equal share) and, if ``parallel.keep_freed_memory``, a warm heap
     (below); called at the start of a stage process and of the profile's."""
+    bound_onednn_caches()
     set_threads(local_stages, threads or parallel.threads_per_stage)
     if parallel.keep_freed_memory:
         keep_freed_memory()
+
+
+# oneDNN (the CPU linear layers) keeps a compiled kernel per input shape in two caches of 1024
+# entries each by default; a run whose batches take many token counts fills them for hundreds
+# of MB. Bounded here, a stage's memory stays flat once they are full (users may set their own).
+ONEDNN_CACHE_ENTRIES = "128"
+
+
+def bound_onednn_caches() -> None:
+    """Cap oneDNN's kernel caches; effective before the process's first oneDNN call."""
+    os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", ONEDNN_CACHE_ENTRIES)
+    os.environ.setdefault("LRU_CACHE_CAPACITY", ONEDNN_CACHE_ENTRIES)
 
 
 # glibc mallopt parameters (malloc.h)
