@@ -13,8 +13,13 @@ from .sim.config import HardwareConfig, SimConfig
 @dataclass
 class ModelConfig:
     name: str = "default"  # preset name (default, tiny, llama-13b, ...)
-    path: Optional[str] = None  # HF checkpoint dir; unset = generate this preset's random-init checkpoint
+    # HF checkpoint dir or a llama-architecture .gguf file; unset = the preset's own checkpoint
+    # (random-init written to the cache, or the packaged file of a real-model preset like smollm2)
+    path: Optional[str] = None
     dtype: str = "float32"  # float32, bfloat16 or float16
+    # Cap on prompt + output tokens (and so on the KV cache sized from it); 0 = the checkpoint's
+    # max_position_embeddings. Real models declare long contexts the CPU KV cache need not hold.
+    max_model_len: int = 0
     # Shape of the generated random-init checkpoint (ignored when `path` is set).
     vocab_size: int = 8192
     hidden_size: int = 1024
@@ -69,6 +74,9 @@ class SamplingConfig:
     seed: int = 0  # per-request generators derive from this
     ignore_eos: bool = False
     logprobs: int = 0  # top-k logprobs per generated token; 0 = off
+    # Strings that end a request (finish_reason "stop") once its decoded text contains one;
+    # the text is cut before it. Needs the checkpoint's tokenizer.
+    stop: List[str] = field(default_factory=list)
 
 
 @dataclass

@@ -8,6 +8,9 @@ from pathlib import Path
 from ..config import RunConfig
 from ..metrics.timing import StageClock
 from ..model.arch import ModelArch
+from ..model.source import resolve_checkpoint
+from ..model.text_output import TextOutput
+from ..model.tokenizer import TextSupport, Tokenizer
 from ..scheduler import BlockManager, Scheduler, make_scheduler
 from ..workload import Request, load_workload
 from .driver import drive
@@ -16,7 +19,7 @@ from .outcome import RunOutcome
 from .partition import layer_counts, layer_ranges
 from .sampler import Sampler
 from .pipeline_threads import prepare_host
-from .setup import build_executor, num_kv_blocks, pick_device, resolve_model
+from .setup import build_executor, num_kv_blocks, pick_device
 
 
 @dataclass
@@ -28,6 +31,7 @@ class Prepared:
     arch: ModelArch
     requests: list[Request]
     layer_ranges: list[tuple[int, int]]
+    tokenizer: Tokenizer | None = None  # the checkpoint's, when it has one (text outputs, stops)
 
 
 def prepare(cfg: RunConfig) -> Prepared:
@@ -42,10 +46,14 @@ def prepare(cfg: RunConfig) -> Prepared:
         if torch.cuda.device_count() < cfg.parallel.pp:
             raise ValueError(f"parallel.backend=nccl needs {cfg.parallel.pp} GPUs (one per stage), "
                              f"found {torch.cuda.device_count()}")
-    path, arch = resolve_model(cfg.model)
+    src = resolve_checkpoint(cfg.model)
+    path, arch = src.path, src.arch
     ranges = layer_ranges(layer_counts(arch, cfg.parallel.pp, cfg.parallel.partition))
-    requests = load_workload(cfg.workload, arch.vocab_size, arch.eos_token_ids)
-    return Prepared(cfg, path, arch, requests, ranges)
+    text = TextSupport(path, src.embedded)
+    if cfg.sampling.stop:
+        TextOutput(text.require("sampling.stop"), cfg.sampling.stop)  # validates the strings
+    requests = load_workload(cfg.workload, arch.vocab_size, arch.eos_token_ids, text.encode)
+    return Prepared(cfg, path, arch, requests, ranges, text.tokenizer)
 
 
 def new_scheduler(prep: Prepared) -> Scheduler:
@@ -53,6 +61,8 @@ def new_scheduler(prep: Prepared) -> Scheduler:
     blocks = BlockManager(num_kv_blocks(cfg, prep.arch), cfg.cache.block_size)
     sched = make_scheduler(cfg.scheduler, blocks, prep.arch.max_position_embeddings, cfg.parallel.pp,
                            prep.arch.eos_token_ids, cfg.sampling.ignore_eos)
+    if prep.tokenizer is not None:
+        sched.text = TextOutput(prep.tokenizer, cfg.sampling.stop)
     sched.add_requests(prep.requests, prep.arch.vocab_size)
     return sched
 
