@@ -46,6 +46,17 @@ def _gguf_names(arch: ModelArch, start: int, end: int) -> dict[str, list[str]]:
     return names
 
 
+def check_gguf_tensors(path: str | Path, arch: ModelArch) -> None:
+    """Every tensor the whole model needs is in the file: checked once, before stages start."""
+    from .loader import CheckpointError
+
+    ckpt = gguf_checkpoint(path)
+    missing = [n for parts in _gguf_names(arch, 0, arch.num_layers).values() for n in parts
+               if n not in ckpt.tensors]
+    if missing:
+        raise CheckpointError(f"GGUF file {str(path)!r} is missing tensor(s): {', '.join(missing[:8])}")
+
+
 def gguf_stage_state(path: Path, arch: ModelArch, start: int, end: int,
                      report=None) -> dict[str, tuple[torch.Tensor, str]]:
     """Our parameter name -> (float32 tensor, what it was made of) for layers ``[start, end)``."""

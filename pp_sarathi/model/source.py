@@ -66,6 +66,9 @@ def resolve_checkpoint(mcfg: ModelConfig) -> ModelSource:
     else:
         path, embedded = materialize(mcfg), True
     arch = ModelArch.from_pretrained(path)
+    if path.suffix == ".gguf":
+        from .gguf_loader import check_gguf_tensors
+        check_gguf_tensors(path, arch)
     if mcfg.max_model_len < 0:
         raise ValueError(f"model.max_model_len must be >= 0, got {mcfg.max_model_len}")
     if 0 < mcfg.max_model_len < arch.max_position_embeddings:
