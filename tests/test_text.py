@@ -143,3 +143,28 @@ def test_empty_stop_string_rejected(text_ckpt, workload_file, run_config):
     cfg.sampling.stop = [""]
     with pytest.raises(ValueError, match="non-empty strings"):
         prepare(cfg)
+
+
+def test_cli_compare_with_text_prompts(text_ckpt, workload_file, tmp_path):
+    from test_cli import QUIET, cli
+
+    wl = workload_file(text_requests(max_tokens=4))
+    d = tmp_path / "cmp"
+    r = cli(["compare", "parallel.pp=1", f"model.path={text_ckpt}", "workload=jsonl", f"workload.path={wl}",
+             "scheduler.chunk_size=4", "logging.timeline=false", *QUIET, f"hydra.run.dir={d}"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    tok = load_tokenizer(text_ckpt)
+    for name in ("orca", "sarathi"):
+        recs = [json.loads(line) for line in (d / name / "outputs.jsonl").read_text().splitlines()]
+        assert [rec["prompt_token_ids"] for rec in recs] == [tok.encode(p) for p in PROMPTS]
+        assert all(rec["text"] == tok.decode(rec["output_token_ids"]) for rec in recs)
+
+
+def test_cli_text_prompt_without_tokenizer_fails_before_stages(workload_file, tmp_path):
+    from test_cli import QUIET, _one_line_error, cli
+
+    wl = workload_file(text_requests())
+    r = cli(["run", "parallel.pp=2", "model=tiny", "workload=jsonl", f"workload.path={wl}", *QUIET,
+             f"hydra.run.dir={tmp_path / 'run'}"])
+    _one_line_error(r, "embedded random-init model has no tokenizer")
+    assert "stage" not in r.stderr  # refused in the launcher: no stage process ever started
