@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 from pp_sarathi.bench.runs import machine_note, md_table, parse_script_args, run_cli
-from pp_sarathi.sim.config import SimConfig
+from pp_sarathi.config import SimConfig
 from pp_sarathi.sim.fidelity import METRICS, fidelity_over_repeats
 
 SETTINGS = {"main": [], "chunk64": ["scheduler.chunk_size=64"], "pp3": ["parallel.pp=3"]}

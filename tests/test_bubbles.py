@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from pp_sarathi.metrics.bubbles import account, merge, overlap, per_request_bubble
-from pp_sarathi.metrics.timing import StageRecord
+from pp_sarathi.metrics.records import StageRecord
 
 
 def rec(stage, batch, start, end, recv_wait=0.0):

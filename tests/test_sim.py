@@ -13,7 +13,7 @@ from pp_sarathi.metrics.compare import compare_ratios
 from pp_sarathi.metrics.summary import summarize
 from pp_sarathi.runtime.driver import drive
 from pp_sarathi.scheduler import BatchPlan, ScheduledPart
-from pp_sarathi.sim.config import HardwareConfig
+from pp_sarathi.config import HardwareConfig
 from pp_sarathi.sim.costmodel import (BatchShape, CostModel, ProfileCosts, RooflineCosts, StageTimes,
                                       _stage_shape, holdout_errors, read_profile, write_profile)
 from pp_sarathi.sim.engine import PipelineEngine, SimPipeline, VirtualClock
@@ -163,7 +163,7 @@ def test_jitter_is_reproducible_and_keeps_the_batches():
 
 
 def test_time_share_stretches_compute_while_more_stages_than_cores_compute():
-    from pp_sarathi.metrics.timing import StageRecord
+    from pp_sarathi.metrics.records import StageRecord
     from pp_sarathi.sim.engine import TimeShare
 
     # three stages computing during [0, 3] on two cores: speed 2/3 there, full speed elsewhere
@@ -176,8 +176,8 @@ def test_time_share_stretches_compute_while_more_stages_than_cores_compute():
 
 
 def test_link_intervals_from_stage_records():
-    from pp_sarathi.metrics.timing import StageRecord
-    from pp_sarathi.runtime.driver import BatchRecord
+    from pp_sarathi.metrics.records import StageRecord
+    from pp_sarathi.metrics.records import BatchRecord
     from pp_sarathi.sim.profile import _link_intervals
 
     # batch 0: stage 1 waits for stage 0 (hop 0.5); batch 1: data there before stage 1 asks (recv 0.2)
@@ -508,7 +508,7 @@ def test_fidelity_simulates_with_the_callers_sim_settings(tiny_profile, tmp_path
     from dataclasses import asdict
 
     from pp_sarathi.sim import fidelity
-    from pp_sarathi.sim.config import SimConfig
+    from pp_sarathi.config import SimConfig
 
     cfg = tiny_cfg(num_requests=4)
     cfg.sim.profile_statistic = "min"  # what the real run happened to be started with
@@ -527,7 +527,7 @@ def test_fidelity_over_repeats_measures_against_the_median_real_run(tiny_profile
     from dataclasses import asdict
 
     from pp_sarathi.sim.fidelity import fidelity_over_repeats
-    from pp_sarathi.sim.config import SimConfig
+    from pp_sarathi.config import SimConfig
 
     cfg = tiny_cfg(num_requests=4)
     cfg.sim.jitter = 0.0
@@ -557,8 +557,8 @@ def test_engine_replay_of_a_runs_own_compute_reproduces_it(tiny_profile, tmp_pat
     import json
     from dataclasses import asdict
 
-    from pp_sarathi.sim.cli import write_sim_artifacts
-    from pp_sarathi.sim.config import SimConfig
+    from pp_sarathi.cli.simulate import write_sim_artifacts
+    from pp_sarathi.config import SimConfig
     from pp_sarathi.sim import fidelity
     from pp_sarathi.sim.fidelity import engine_replay_error
 

@@ -15,9 +15,9 @@ import pytest
 
 from pp_sarathi.cli.wandb_log import iteration_rows
 from pp_sarathi.metrics.summary import summarize
-from pp_sarathi.metrics.timing import StageRecord
-from pp_sarathi.runtime.driver import BatchRecord
-from pp_sarathi.runtime.outcome import RunOutcome
+from pp_sarathi.metrics.records import StageRecord
+from pp_sarathi.metrics.records import BatchRecord
+from pp_sarathi.metrics.records import RunOutcome
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

@@ -8,10 +8,10 @@ from pathlib import Path
 
 from ..metrics.outputs import output_record, write_outputs
 from ..metrics.summary import summarize
-from ..metrics.timing import StageRecord
+from ..metrics.records import StageRecord
 from ..metrics.trace import write_trace
-from ..runtime.driver import BatchRecord
-from ..runtime.outcome import RunOutcome
+from ..metrics.records import BatchRecord
+from ..metrics.records import RunOutcome
 from ..workload.request import Request
 
 PARTIAL = "outputs.partial.jsonl"

@@ -153,5 +153,5 @@ def cmd_profile(cfg: RunConfig, cfg_dict: dict, run_dir: str) -> None:
 
 
 def cmd_simulate(cfg: RunConfig, cfg_dict: dict, run_dir: str) -> None:
-    from ..sim.cli import simulate_command
+    from .simulate import simulate_command
     simulate_command(cfg, cfg_dict, run_dir)

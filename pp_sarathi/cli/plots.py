@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..runtime.outcome import RunOutcome
+from ..metrics.records import RunOutcome
 
 KIND_COLOURS = {"prefill": "#d62728", "hybrid": "#2ca02c", "decode": "#1f77b4"}
 

@@ -15,7 +15,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from ..metrics.bubbles import account
-from ..runtime.outcome import RunOutcome
+from ..metrics.records import RunOutcome
 
 log = logging.getLogger("pp_sarathi")
 

@@ -13,7 +13,7 @@ import bisect
 from collections import defaultdict
 from dataclasses import dataclass
 
-from .timing import StageRecord
+from .records import StageRecord
 
 Interval = tuple[float, float]
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..runtime.outcome import RunOutcome
+from .records import RunOutcome
 from .bubbles import account, per_request_bubble
 
 

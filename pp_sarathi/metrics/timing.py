@@ -3,8 +3,6 @@ on GPU, resolved only at the end so the hot path never synchronises)."""
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
-
 import torch
 
 
@@ -43,19 +41,3 @@ class StageClock:
         stamp.synchronize()
         return self._origin_event.elapsed_time(stamp) / 1e3
 
-
-@dataclass
-class StageRecord:
-    """What one stage did for one micro-batch (seconds since the common origin)."""
-
-    stage: int
-    batch_id: int
-    recv_start: float
-    recv_end: float
-    compute_start: float
-    compute_end: float
-    send_start: float
-    send_end: float
-
-    def to_dict(self) -> dict:
-        return asdict(self)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..runtime.outcome import RunOutcome
+from .records import RunOutcome
 
 
 def trace_events(out: RunOutcome) -> list[dict]:

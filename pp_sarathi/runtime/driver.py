@@ -3,9 +3,9 @@ micro-batches in flight."""
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
 from typing import Callable, Protocol
 
+from ..metrics.records import BatchRecord
 from ..metrics.timing import StageClock
 from ..scheduler import BatchPlan, SampleResult, Scheduler, Sequence
 
@@ -16,20 +16,6 @@ class Pipeline(Protocol):
     def submit(self, plan: BatchPlan) -> None: ...
 
     def collect(self) -> list[SampleResult | None]: ...
-
-
-@dataclass
-class BatchRecord:
-    """One micro-batch as the driver saw it."""
-
-    batch_id: int
-    kind: str
-    num_requests: int
-    num_prefill_tokens: int
-    num_decode_tokens: int
-    scheduled_at: float
-    done_at: float
-    request_indices: list[int]
 
 
 def drive(scheduler: Scheduler, pipeline: Pipeline, clock: StageClock,

@@ -13,7 +13,7 @@ import time
 import traceback
 from typing import Callable
 
-from .outcome import RunOutcome
+from ..metrics.records import RunOutcome
 from .serve import Prepared
 
 

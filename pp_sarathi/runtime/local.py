@@ -3,7 +3,8 @@ from __future__ import annotations
 
 from collections import deque
 
-from ..metrics.timing import StageClock, StageRecord
+from ..metrics.records import StageRecord
+from ..metrics.timing import StageClock
 from ..scheduler import BatchPlan, SampleResult
 from .executor import StageExecutor
 

@@ -11,12 +11,13 @@ from typing import Callable
 import torch
 import torch.distributed as dist
 
-from ..metrics.timing import StageClock, StageRecord
+from ..metrics.records import StageRecord
+from ..metrics.timing import StageClock
 from ..model.loader import parse_dtype
 from ..scheduler import BatchPlan, SampleResult
 from .driver import drive
 from .executor import StageExecutor
-from .outcome import RunOutcome
+from ..metrics.records import RunOutcome
 from .serve import Prepared, new_scheduler
 from .setup import build_executor, pick_device
 from .transport import StageLink

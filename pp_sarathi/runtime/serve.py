@@ -15,7 +15,7 @@ from ..scheduler import BlockManager, Scheduler, make_scheduler
 from ..workload import Request, load_workload
 from .driver import drive
 from .local import LocalPipeline
-from .outcome import RunOutcome
+from ..metrics.records import RunOutcome
 from .partition import layer_counts, layer_ranges
 from .sampler import Sampler
 from .pipeline_threads import prepare_host

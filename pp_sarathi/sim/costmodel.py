@@ -24,7 +24,7 @@ Two sources for the per-op costs:
   driver loop (``link_*`` rows) as a + b*tokens + c*parts; the step-to-step spread of stage
   steps (``jitter``).
 * :class:`RooflineCosts` - FLOPs and bytes of each op against the peak rates in
-  :class:`~pp_sarathi.sim.config.HardwareConfig` (max of compute and memory time), with the
+  :class:`~pp_sarathi.config.HardwareConfig` (max of compute and memory time), with the
   tensor-parallel degree dividing the work and adding ring all-reduces.
 """
 from __future__ import annotations
@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from ..model.arch import ModelArch
-from .config import HardwareConfig
+from ..config import HardwareConfig
 
 DTYPE_BYTES = {"float32": 4, "fp32": 4, "bfloat16": 2, "bf16": 2, "float16": 2, "fp16": 2, "half": 2}
 

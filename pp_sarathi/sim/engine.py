@@ -36,7 +36,7 @@ import math
 import random
 from collections import deque
 
-from ..metrics.timing import StageRecord
+from ..metrics.records import StageRecord
 from ..scheduler import BatchPlan, SampleResult
 from .costmodel import BatchShape, CostModel, StageTimes
 

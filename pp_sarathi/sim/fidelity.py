@@ -18,8 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..config import RunConfig
-from .config import SimConfig
+from ..config import RunConfig, SimConfig
 from .simulate import run_simulation, simulation_results
 
 
@@ -95,7 +94,7 @@ def _per_batch_error(run_dir: Path, out) -> dict | None:
     t = json.loads(tl.read_text())
     # The simulated compute per stage and micro-batch without its jitter draw (what the
     # cost model predicts, stretched where stages time-share cores).
-    factor = getattr(out, "jitter_factor", None) or {}
+    factor = out.sim.jitter_factor if out.sim else {}
     sim_rec = {(r.stage, r.batch_id): (r.compute_end - r.compute_start)
                / (factor[r.batch_id][r.stage] if r.batch_id in factor else 1.0) for r in out.stage_records}
     real_b = {b["batch_id"]: (b["num_prefill_tokens"], b["num_decode_tokens"]) for b in t["batches"]}

@@ -690,7 +690,7 @@ def _clock_offsets(clock, rank: int, world: int, pings: int = 8) -> list[float]:
 
 
 def _shifted(r, dt: float):
-    from ..metrics.timing import StageRecord
+    from ..metrics.records import StageRecord
 
     return StageRecord(r.stage, r.batch_id, r.recv_start + dt, r.recv_end + dt, r.compute_start + dt,
                        r.compute_end + dt, r.send_start + dt, r.send_end + dt)

@@ -16,7 +16,7 @@ from ..metrics.compare import compare_ratios
 from ..metrics.summary import summarize
 from ..model.arch import ModelArch
 from ..runtime.driver import drive
-from ..runtime.outcome import RunOutcome
+from ..metrics.records import RunOutcome, SimInfo
 from ..runtime.partition import layer_counts, layer_ranges
 from ..runtime.setup import num_kv_blocks
 from ..scheduler import BlockManager, make_scheduler
@@ -70,7 +70,7 @@ def run_simulation(cfg: RunConfig, cost: CostModel | None = None, on_finished=No
     (stage, batch id) -> compute seconds of a real run of the same config, used instead of the
     cost model's compute (no jitter, no time sharing: they are in the recorded times).
 
-    The returned outcome carries ``sim_info`` (a dict: cost model, host seconds, KV check).
+    The returned outcome carries ``sim`` (a SimInfo: info dict: cost model, host seconds, KV check).
     """
     host_t0 = time.perf_counter()
     if cfg.scheduler.chunk_size < 1:
@@ -138,16 +138,14 @@ def run_simulation(cfg: RunConfig, cost: CostModel | None = None, on_finished=No
     device = f"sim:{cost.describe().get('source')}:" + (
         f"{cfg.hardware.name}/tp{cfg.hardware.tp}" if isinstance(cost, RooflineCosts)
         else str(cost.describe().get("device")))
-    out = RunOutcome(seqs, batches, pipe.records, pp, clock.now(), ranges, device, None)
-    out.sim_info = info  # type: ignore[attr-defined]
-    out.jitter_factor = pipe.jitter_factor  # type: ignore[attr-defined]
-    return out
+    return RunOutcome(seqs, batches, pipe.records, pp, clock.now(), ranges, device, None,
+                      sim=SimInfo(info, pipe.jitter_factor))
 
 
 def simulation_results(outcome: RunOutcome, config: dict | None = None) -> dict:
     """results.json for a simulated run: :func:`summarize` plus a ``sim`` section."""
     res = summarize(outcome, config)
-    res["sim"] = dict(getattr(outcome, "sim_info", {}))
+    res["sim"] = dict(outcome.sim.info) if outcome.sim else {}
     return res
 
 
@@ -176,7 +174,7 @@ def simulate_compare(cfg: RunConfig, schedulers: list[str] | None = None, baseli
         out = run_simulation(sub, cost)
         results[name] = simulation_results(out, sub_config)
         log.info("[sim %s] %d micro-batches, %.1f s simulated in %.1f s", name, len(out.batches),
-                 out.wall_s, out.sim_info["host_s"])
+                 out.wall_s, out.sim.info["host_s"])
         if keep_outcomes:
             outcomes[name] = out
     summary = {"schedulers": results, "ratios": compare_ratios(results, baseline, target),

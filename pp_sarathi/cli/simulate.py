@@ -23,9 +23,9 @@ from dataclasses import asdict
 from pathlib import Path
 
 from ..config import RunConfig
-from ..runtime.outcome import RunOutcome
-from .costmodel import make_cost_model
-from .simulate import run_simulation, sim_arch, simulate_compare, simulation_results
+from ..metrics.records import RunOutcome
+from ..sim.costmodel import make_cost_model
+from ..sim.simulate import run_simulation, sim_arch, simulate_compare, simulation_results
 
 log = logging.getLogger("pp_sarathi")
 
@@ -59,21 +59,21 @@ def write_sim_artifacts(outcome: RunOutcome, results: dict, config: dict, run_di
         write_trace(shown, d / "trace.json")
     name = config.get("scheduler", {}).get("name", "")
     if log_cfg.get("timeline", True) and shown.stage_records:
-        from ..cli.plots import write_timeline
+        from .plots import write_timeline
         suffix = "" if shown is outcome else f", first {len(shown.batches)} of {len(outcome.batches)} micro-batches"
         write_timeline(shown, d / "timeline.png", f"simulated {name} pp={outcome.num_stages}{suffix}")
     if log_cfg.get("wandb", {}).get("mode", "disabled") != "disabled":
-        from ..cli.wandb_log import log_run
+        from .wandb_log import log_run
         log_run(shown, results, config, d)
 
 
 def simulate_command(cfg: RunConfig, cfg_dict: dict, run_dir: str) -> dict:
     """Entry point of ``pp-sarathi simulate``; returns results.json or compare.json content."""
-    from ..cli.table import print_compare, print_results
+    from .table import print_compare, print_results
 
     max_batches = cfg.sim.trace_max_batches
     if cfg.sim.validate_against:
-        from .fidelity import fidelity_over_repeats, fidelity_report
+        from ..sim.fidelity import fidelity_over_repeats, fidelity_report
         if not cfg.sim.profile:
             raise ValueError("sim.validate_against needs sim.profile (a profile taken on the real run's machine)")
         dirs, missing = [], []
@@ -104,7 +104,7 @@ def simulate_command(cfg: RunConfig, cfg_dict: dict, run_dir: str) -> dict:
         write_sim_artifacts(out, results, cfg_dict, run_dir, max_batches)
         print_results({cfg.scheduler.name: results})
         log.info("simulated %d micro-batches (%.1f s of %s) in %.1f s; wrote %s", len(out.batches),
-                 out.wall_s, out.device, out.sim_info["host_s"], run_dir)
+                 out.wall_s, out.device, out.sim.info["host_s"], run_dir)
         return results
     names = list(cfg.compare.schedulers)
     summary = simulate_compare(cfg, names, cfg.compare.baseline, "sarathi", cfg_dict, keep_outcomes=True)
@@ -119,7 +119,7 @@ def simulate_command(cfg: RunConfig, cfg_dict: dict, run_dir: str) -> dict:
     Path(run_dir).mkdir(parents=True, exist_ok=True)
     (Path(run_dir) / "compare.json").write_text(json.dumps(summary, indent=2))
     if cfg.logging.timeline:
-        from ..cli.plots import write_side_by_side
+        from .plots import write_side_by_side
         write_side_by_side(shown, Path(run_dir) / "compare_timeline.png")
     print_compare(summary["schedulers"], summary["ratios"], cfg.compare.baseline)
     log.info("wrote %s/compare.json", run_dir)
@@ -128,7 +128,7 @@ def simulate_command(cfg: RunConfig, cfg_dict: dict, run_dir: str) -> dict:
 
 def profile_errors_command(cfg: RunConfig, run_dir: str) -> dict:
     """Held-out error of the profile cost model (``sim.profile``) -> ``profile_errors.json``."""
-    from .costmodel import holdout_errors
+    from ..sim.costmodel import holdout_errors
     if not cfg.sim.profile:
         raise ValueError("set sim.profile=PATH to a profile CSV")
     make_cost_model(cfg, sim_arch(cfg))  # checks the shape matches

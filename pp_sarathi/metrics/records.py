@@ -1,0 +1,63 @@
+"""Run records: what a run (real or simulated) hands to the metrics layer.
+
+They sit below the runtime and the simulator, which both fill them, and above the scheduler
+whose sequences they carry. Times are seconds since the run's common origin.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+from ..scheduler.sequence import Sequence
+
+
+@dataclass
+class StageRecord:
+    """What one stage did for one micro-batch."""
+
+    stage: int
+    batch_id: int
+    recv_start: float
+    recv_end: float
+    compute_start: float
+    compute_end: float
+    send_start: float
+    send_end: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class BatchRecord:
+    """One micro-batch as the driver saw it."""
+
+    batch_id: int
+    kind: str
+    num_requests: int
+    num_prefill_tokens: int
+    num_decode_tokens: int
+    scheduled_at: float
+    done_at: float
+    request_indices: list[int]
+
+
+@dataclass
+class SimInfo:
+    """What only a simulated run knows."""
+
+    info: dict = field(default_factory=dict)  # cost model, virtual time, KV sizing, ... (results.json "sim")
+    # batch id -> per-stage factor the jitter draw applied to the predicted compute
+    jitter_factor: dict[int, list[float]] = field(default_factory=dict)
+
+
+@dataclass
+class RunOutcome:
+    sequences: list[Sequence]  # in input order
+    batches: list[BatchRecord]
+    stage_records: list[StageRecord]
+    num_stages: int
+    wall_s: float
+    layer_ranges: list[tuple[int, int]] = field(default_factory=list)
+    device: str = "cpu"
+    error: str | None = None  # set when the run ended early (a failed stage, ...)
+    sim: SimInfo | None = None  # set by the simulator
