@@ -11,7 +11,8 @@ pytest.importorskip("tokenizers", reason="text workloads need the tokenizers pac
 
 from conftest import make_requests, run_engine  # noqa: E402
 
-from pp_sarathi.model.tokenizer import TokenizerError, load_tokenizer  # noqa: E402
+from pp_sarathi.model.text_support import load_tokenizer
+from pp_sarathi.model.tokenizer import TokenizerError  # noqa: E402
 from pp_sarathi.runtime.serve import prepare  # noqa: E402
 from pp_sarathi.workload.files import WorkloadFileError  # noqa: E402
 

@@ -117,11 +117,9 @@ class ModelArch:
 
     @classmethod
     def from_pretrained(cls, path: str | Path) -> "ModelArch":
-        """From an HF checkpoint dir (config.json, generation_config.json) or a ``.gguf`` file."""
+        """From an HF checkpoint dir (config.json, generation_config.json); for any checkpoint
+        (a ``.gguf`` file too) use :func:`pp_sarathi.model.checkpoint.checkpoint_arch`."""
         path = Path(path)
-        if path.suffix == ".gguf":
-            from .gguf_loader import gguf_checkpoint
-            return gguf_checkpoint(path).arch()
         cfg_file = path / "config.json"
         if not cfg_file.is_file():
             raise FileNotFoundError(f"model path {str(path)!r} has no config.json")

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from .arch import ModelArch
+from .errors import CheckpointError
 from .gguf_file import GGUFCheckpoint, unpermute_qk
 
 
@@ -48,8 +49,6 @@ def _gguf_names(arch: ModelArch, start: int, end: int) -> dict[str, list[str]]:
 
 def check_gguf_tensors(path: str | Path, arch: ModelArch) -> None:
     """Every tensor the whole model needs is in the file: checked once, before stages start."""
-    from .loader import CheckpointError
-
     ckpt = gguf_checkpoint(path)
     missing = [n for parts in _gguf_names(arch, 0, arch.num_layers).values() for n in parts
                if n not in ckpt.tensors]
@@ -60,8 +59,6 @@ def check_gguf_tensors(path: str | Path, arch: ModelArch) -> None:
 def gguf_stage_state(path: Path, arch: ModelArch, start: int, end: int,
                      report=None) -> dict[str, tuple[torch.Tensor, str]]:
     """Our parameter name -> (float32 tensor, what it was made of) for layers ``[start, end)``."""
-    from .loader import CheckpointError
-
     ckpt = gguf_checkpoint(path)
     wanted = _gguf_names(arch, start, end)
     missing = [n for parts in wanted.values() for n in parts if n not in ckpt.tensors]

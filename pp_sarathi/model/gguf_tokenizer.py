@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from .tokenizer import Tokenizer, TokenizerError, _tokenizers_module
+from .tokenizer import Tokenizer, TokenizerError, tokenizers_module
 
 log = logging.getLogger("pp_sarathi")
 
@@ -46,7 +46,7 @@ def tokenizer_from_gguf(path: str | Path, ckpt=None) -> Tokenizer | None:
     if kind != "gpt2":
         raise TokenizerError(f"{path}: embedded tokenizer type {kind!r} is not supported for text "
                              "(byte-level BPE 'gpt2' only); give prompt_token_ids instead")
-    tk = _tokenizers_module()
+    tk = tokenizers_module()
     tokens = ckpt.field("tokenizer.ggml.tokens")
     merges = [tuple(m.split(" ", 1)) for m in ckpt.field("tokenizer.ggml.merges", [])]
     types = ckpt.field("tokenizer.ggml.token_type", [1] * len(tokens))

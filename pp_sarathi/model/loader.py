@@ -13,13 +13,11 @@ import torch
 from safetensors import safe_open
 
 from .arch import ModelArch
+from .checkpoint import checkpoint_arch, is_gguf
+from .errors import CheckpointError
 from .llama import StageModel
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-class CheckpointError(ValueError):
-    """A checkpoint lacks a tensor or holds one of the wrong shape."""
 
 
 @dataclass
@@ -79,11 +77,11 @@ def load_stage(path: str | Path, start: int, end: int, dtype: str = "float32",
     """Build the :class:`StageModel` for layers ``[start, end)`` and fill it from ``path``
     (an HF checkpoint dir or a ``.gguf`` file)."""
     path = Path(path)
-    arch = arch or ModelArch.from_pretrained(path)
+    arch = arch or checkpoint_arch(path)
     torch_dtype = parse_dtype(dtype)
     with torch.device("meta"):
         model = StageModel(arch, start, end)
-    if path.suffix == ".gguf":
+    if is_gguf(path):
         from .gguf_loader import gguf_stage_state
         state = gguf_stage_state(path, arch, start, end, report)
         where = "the GGUF metadata"

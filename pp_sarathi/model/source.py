@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ..config import ModelConfig
 from .arch import ModelArch
+from .checkpoint import checkpoint_arch, is_gguf
 from .loader import parse_dtype
 
 
@@ -65,8 +66,8 @@ def resolve_checkpoint(mcfg: ModelConfig) -> ModelSource:
         path = packaged_path(mcfg.name)
     else:
         path, embedded = materialize(mcfg), True
-    arch = ModelArch.from_pretrained(path)
-    if path.suffix == ".gguf":
+    arch = checkpoint_arch(path)
+    if is_gguf(path):
         from .gguf_loader import check_gguf_tensors
         check_gguf_tensors(path, arch)
     if mcfg.max_model_len < 0:

@@ -10,7 +10,8 @@ from ..metrics.timing import StageClock
 from ..model.arch import ModelArch
 from ..model.source import resolve_checkpoint
 from ..model.text_output import TextOutput
-from ..model.tokenizer import TextSupport, Tokenizer
+from ..model.text_support import TextSupport
+from ..model.tokenizer import Tokenizer
 from ..scheduler import BlockManager, Scheduler, make_scheduler
 from ..workload import Request, load_workload
 from .driver import drive

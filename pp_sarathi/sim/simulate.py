@@ -15,6 +15,7 @@ from ..config import RunConfig
 from ..metrics.compare import compare_ratios
 from ..metrics.summary import summarize
 from ..model.arch import ModelArch
+from ..model.checkpoint import checkpoint_arch
 from ..runtime.driver import drive
 from ..metrics.records import RunOutcome, SimInfo
 from ..runtime.partition import layer_counts, layer_ranges
@@ -32,7 +33,7 @@ def sim_arch(cfg: RunConfig) -> ModelArch:
     preset fields ``cfg.model.*`` (nothing is written or loaded)."""
     m = cfg.model
     if m.path:
-        return ModelArch.from_pretrained(Path(m.path).expanduser())
+        return checkpoint_arch(Path(m.path).expanduser())  # HF dir or .gguf: metadata only
     if m.hidden_size % m.num_heads:
         raise ValueError(f"model.hidden_size={m.hidden_size} is not a multiple of num_heads={m.num_heads}")
     return ModelArch(family="llama", vocab_size=m.vocab_size, hidden_size=m.hidden_size,
