@@ -150,7 +150,7 @@ class SimConfig:
     profile_statistic: str = "median"  # per point: median of the timed calls (robust to a burst of load), mean or min
     compare: bool = False  # simulate every scheduler of compare.schedulers and write compare.json
     trace_max_batches: int = 400  # trace.json / timeline.* show the first N micro-batches (0 = all)
-    driver_blocks_on_stage0: bool = True  # rank 0 computes stage 0 inside submit (as the runtime does)
+    driver_blocks_on_stage0: bool = False  # the driver waits for stage 0 to finish each micro-batch (the runtime before stage 0 got its own thread)
     schedule_overhead_us: float = 0.0  # virtual time charged for each scheduler call that yields a batch
     jitter: float = -1.0  # sd of ln(stage compute time) from step to step; -1 = the profile's measurement (roofline: 0)
     seed: int = 0  # of the jitter draws

@@ -51,6 +51,17 @@ if [ $rc -ne 0 ]; then
   exit $rc
 fi
 
+# A pp=2 pipeline timed with CUDA events at every stage, on hosts with two GPUs or more.
+gpus=$("$py" -c 'import torch; print(torch.cuda.device_count() if torch.cuda.is_available() else 0)')
+left=$(( limit - ($(date +%s) - start) ))
+if [ "$gpus" -ge 2 ] && [ "$left" -gt 120 ]; then
+  timeout "$((left - 60))" "$py" -m pp_sarathi.bench.pipeline --out "$out/pp2" --pp 2 \
+    > "$out/pipeline_pp2.txt" 2>&1
+  echo "[bench_gpu] pp=2 event-timed pipeline: $(tail -n 1 "$out/pipeline_pp2.txt")"
+else
+  echo "[bench_gpu] fewer than 2 GPUs ($gpus) or no time left: skipped the pp=2 pipeline run" | tee "$out/pipeline_pp2.txt"
+fi
+
 # GPU numerics tests, when pytest is there and time is left (they skip themselves without CUDA).
 left=$(( limit - ($(date +%s) - start) ))
 if "$py" -c 'import pytest' 2>/dev/null && [ "$left" -gt 60 ]; then

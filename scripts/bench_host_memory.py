@@ -30,17 +30,18 @@ STEP_PROBE = """
 import json, resource, statistics, sys, time
 import torch
 from pp_sarathi.config import RunConfig
-from pp_sarathi.runtime.host_memory import keep_freed_memory
-from pp_sarathi.sim.profile import _Bench, _mixed_parts
+from pp_sarathi.runtime.host import keep_freed_memory
+from pp_sarathi.sim.profile.bench import Bench
+from pp_sarathi.sim.profile.points import mixed_parts
 keep = sys.argv[1] == "on"
 if keep:
     keep_freed_memory()
 torch.set_num_threads(1)
 cfg = RunConfig()
-bench = _Bench(cfg, torch.device("cpu"))
+bench = Bench(cfg, torch.device("cpu"))
 ex, bs = bench.stages["first"], bench.bs
-shapes = {"prefill 14 x 256": _mixed_parts(256, 14, 0, 0, 0, bs), "decode 14 @ 470": _mixed_parts(0, 0, 0, 14, 470, bs),
-          "chunk 128 + 13 decodes": _mixed_parts(128, 1, 0, 13, 470, bs)}
+shapes = {"prefill 14 x 256": mixed_parts(256, 14, 0, 0, 0, bs), "decode 14 @ 470": mixed_parts(0, 0, 0, 14, 470, bs),
+          "chunk 128 + 13 decodes": mixed_parts(128, 1, 0, 13, 470, bs)}
 res = {k: ([], []) for k in shapes}
 with torch.inference_mode():
     for rnd in range(int(sys.argv[2])):

@@ -32,7 +32,7 @@ import torch
 from pp_sarathi.bench.device import describe_device
 from pp_sarathi.bench.runs import parse_script_args, machine_note, md_table, read_outputs, run_cli
 from pp_sarathi.config import ModelConfig, WorkloadConfig
-from pp_sarathi.runtime.setup import resolve_model
+from pp_sarathi.runtime.stage import resolve_model
 from pp_sarathi.workload.synthetic import synthetic_requests
 
 

@@ -50,7 +50,7 @@ def stage_step_drift(before: str, after: str) -> float:
     (- 1): how much the host's speed moved between them."""
     from statistics import median
 
-    from pp_sarathi.sim.costmodel import read_profile
+    from pp_sarathi.cost import read_profile
 
     def steps(path):
         return {(r["stage"], r["chunk"], r["prefills"], r["cached"], r["batch"], r["context"]): r["seconds"]

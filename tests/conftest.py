@@ -166,6 +166,32 @@ def run_config():
 
 
 def run_engine(cfg: RunConfig):
-    from pp_sarathi.runtime.serve import prepare, serve_local
+    from pp_sarathi.runtime.prepare import prepare
+    from pp_sarathi.runtime.launch import serve_local
 
     return serve_local(prepare(cfg))
+
+
+def _dump_outcome(outcome, path: str) -> None:
+    """finalize hook of a pipeline run in a test: rank 0 pickles its outcome for the test."""
+    import pickle
+
+    with open(path, "wb") as f:
+        pickle.dump(outcome, f)
+
+
+def run_pipeline(cfg: RunConfig, pp: int, tmp_dir: Path):
+    """Run ``cfg`` over ``pp`` real stage processes (gloo on CPU) through the runtime's own
+    launcher; returns rank 0's RunOutcome."""
+    import functools
+    import pickle
+
+    from pp_sarathi.runtime.launch import launch
+    from pp_sarathi.runtime.prepare import prepare
+
+    cfg.parallel.pp = pp
+    cfg.parallel.threads_per_stage = 1
+    path = Path(tmp_dir) / f"outcome_pp{pp}.pkl"
+    launch(prepare(cfg), functools.partial(_dump_outcome, path=str(path)))
+    with open(path, "rb") as f:
+        return pickle.load(f)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from conftest import make_requests, random_prompts, run_engine
-from pp_sarathi.runtime.serve import prepare
+from pp_sarathi.runtime.prepare import prepare
 from pp_sarathi.workload.files import WorkloadFileError
 
 

@@ -16,7 +16,7 @@ from test_model_reference import _run_and_compare  # noqa: E402
 from pp_sarathi.model.arch import UnsupportedModelError  # noqa: E402
 from pp_sarathi.model.gguf_file import GGUFError, unpermute_qk  # noqa: E402
 from pp_sarathi.model.loader import CheckpointError, LoadReport, load_stage  # noqa: E402
-from pp_sarathi.runtime.serve import prepare  # noqa: E402
+from pp_sarathi.runtime.prepare import prepare  # noqa: E402
 from pp_sarathi.workload.files import WorkloadFileError  # noqa: E402
 
 DEFAULT_ROPE = {"rope_type": "default", "rope_theta": 10000.0}

@@ -12,8 +12,11 @@ import torch
 
 from pp_sarathi.bench import gpu
 from pp_sarathi.bench.numerics import hybrid_logits_check
-from pp_sarathi.bench.random_init import llama_arch, random_stage_model
-from pp_sarathi.bench.roofline import BatchShape, batch_flops_bytes, linear_params_per_layer, roofline
+from pp_sarathi.bench.roofline import batch_flops_bytes, roofline
+from pp_sarathi.cost import BatchShape
+from pp_sarathi.model.arch import ModelArch
+from pp_sarathi.model.random_weights import random_stage_model
+from pp_sarathi.model.shapes import linear_params_per_layer
 
 ROOT = Path(__file__).resolve().parents[1]
 cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -75,8 +78,8 @@ def test_bench_gpu_sh_syntax():
 
 
 def test_random_stage_model_in_place():
-    arch = llama_arch(vocab_size=256, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4,
-                      num_kv_heads=2, max_position_embeddings=128)
+    arch = ModelArch.from_shape(vocab_size=256, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4,
+                                 num_kv_heads=2, max_position_embeddings=128)
     a = random_stage_model(arch, dtype=torch.bfloat16, seed=3)
     b = random_stage_model(arch, dtype=torch.bfloat16, seed=3)
     assert all(p.dtype == torch.bfloat16 and p.device.type == "cpu" for p in a.parameters())
@@ -91,12 +94,13 @@ def test_random_stage_model_in_place():
 
 
 def test_roofline_by_hand():
-    arch = llama_arch(vocab_size=100, hidden_size=8, intermediate_size=16, num_layers=2, num_heads=2,
-                      num_kv_heads=1)
+    arch = ModelArch.from_shape(vocab_size=100, hidden_size=8, intermediate_size=16, num_layers=2, num_heads=2,
+                                 num_kv_heads=1)
     lin = linear_params_per_layer(arch)
     assert lin == 8 * (8 + 2 * 4) + 8 * 8 + 3 * 8 * 16
-    # One chunk of 3 at start 2 (keys 3+4+5 = 12 attended, 5 read) and one decode at ctx 4 (5 keys).
-    shape = BatchShape([(2, 3)], [4])
+    # One chunk of 3 over 2 cached (keys 3+4+5 = 12 attended, 5 read) and one decode with
+    # context 5 (4 cached + its own token: 5 keys).
+    shape = BatchShape.of([(3, 2)], [5])
     flops, nbytes = batch_flops_bytes(arch, shape, 2)
     T, L, d = 4, 2, 4
     assert flops == 2 * lin * T * L + 2 * 100 * 8 * 2 + 4 * 2 * d * (12 + 5) * L
@@ -135,8 +139,8 @@ def test_hybrid_logits_vs_fp32_reference_gpu(dtype):
 def test_hybrid_logits_bf16_gpu_llama13b_width():
     """Full LLaMA-13B layer width (hidden 5120, 40 heads, intermediate 13824), 2 layers: the
     kernels the benchmark times, at its shapes."""
-    arch = llama_arch(vocab_size=32000, hidden_size=5120, intermediate_size=13824, num_layers=2,
-                      num_heads=40, num_kv_heads=40, max_position_embeddings=1024)
+    arch = ModelArch.from_shape(vocab_size=32000, hidden_size=5120, intermediate_size=13824, num_layers=2,
+                                 num_heads=40, num_kv_heads=40, max_position_embeddings=1024)
     res = hybrid_logits_check("cuda", torch.bfloat16, arch=arch, num_decodes=3, chunk=128, std=0.02)
     _check(res, torch.bfloat16, 1e-4)
 

@@ -8,7 +8,7 @@ import pytest
 PROBE = """
 import resource, sys, torch
 if sys.argv[1] == "1":
-    from pp_sarathi.runtime.host_memory import keep_freed_memory
+    from pp_sarathi.runtime.host import keep_freed_memory
     print("set", keep_freed_memory())
 x = torch.ones(1)
 for i in range(24):

@@ -45,14 +45,15 @@ def reference(tmp_path_factory):
 @pytest.mark.slow
 @pytest.mark.parametrize("scheduler", ["orca", "vllm", "ft", "sarathi", "sarathi_serve"])
 def test_pipeline_matches_pp1_for_every_scheduler(tmp_path, reference, scheduler):
-    for pp in (2, 3, 4):
+    # pp 2 and 3 are checked against transformers in test_pipeline_exact.py
+    for pp in (4,):
         d = tmp_path / f"pp{pp}"
         r = cli(["run", f"parallel.pp={pp}", f"scheduler={scheduler}"] + TINY, d)
         assert r.returncode == 0, r.stderr[-3000:]
         assert tokens(d) == reference, f"{scheduler} pp={pp}"
         res = json.loads((d / "results.json").read_text())
         assert [s["stage"] for s in res["stages"]] == list(range(pp))
-        assert all(s["compute_s"] > 0 for s in res["stages"])
+        assert all(s["num_batches"] == res["batches"]["count"] for s in res["stages"])
         assert all(o["finish_reason"] == "length" for o in outputs(d))
 
 
@@ -63,7 +64,8 @@ def test_torchrun_launch(tmp_path, reference):
     assert r.returncode == 0, r.stderr[-3000:]
     assert tokens(d) == reference
     trace = json.loads((d / "trace.json").read_text())
-    assert {e["tid"] for e in trace["traceEvents"] if e.get("ph") == "X"} == {0, 1}
+    assert {e["tid"] for e in trace["traceEvents"] if e.get("ph") == "X" and e["cat"] != "driver"} == {0, 1}
+    assert {e["tid"] for e in trace["traceEvents"] if e.get("ph") == "X" and e["cat"] == "driver"} == {2}
 
 
 @pytest.mark.slow
@@ -137,7 +139,7 @@ def test_killed_stage_ends_run_with_partial_outputs(tmp_path):
     stages[1].send_signal(signal.SIGKILL)
     start = time.monotonic()
     out, err = proc.communicate(timeout=120)
-    assert time.monotonic() - start < 20 + 15, "other stages did not exit within the timeout"
+    assert time.monotonic() - start < 20 + 10, "other stages did not exit within timeout_s + 10 s"
     assert proc.returncode != 0
     assert "stage 1 failed" in err, err[-3000:]
     recs = outputs(d)
@@ -145,3 +147,81 @@ def test_killed_stage_ends_run_with_partial_outputs(tmp_path):
     done = [r for r in recs if r["finish_reason"] == "length"]
     failed = [r for r in recs if r["finish_reason"].startswith("error")]
     assert len(done) >= 2 and len(failed) >= 1 and len(done) + len(failed) == n
+    # rank 0 survived the failure: the micro-batches and its own stage records up to it are kept
+    res = json.loads((d / "results.json").read_text())
+    assert res["error"] and res["batches"]["count"] >= len(done)
+    assert res["stages"][0]["num_batches"] >= res["batches"]["count"]
+    assert res["throughput"]["decode_tokens"] > 0
+
+
+def _args_without(names, args):
+    return [a for a in args if a.split("=")[0] not in names]
+
+
+@pytest.mark.slow
+def test_sparse_arrivals_do_not_kill_idle_stages(tmp_path):
+    """Requests further apart than parallel.timeout_s: idle stages wait, every request finishes."""
+    from pp_sarathi.config import WorkloadConfig
+    from pp_sarathi.workload import load_workload
+
+    timeout_s, qps, n = 1, 0.5, 3
+    wl = WorkloadConfig(num_requests=n, arrival="poisson", qps=qps, min_len=12, max_len=40, pd_ratio=3)
+    arrivals = sorted(r.arrival_time for r in load_workload(wl, 512, []))
+    assert max(b - a for a, b in zip(arrivals, arrivals[1:])) > 2 * timeout_s  # the test means something
+    d = tmp_path / "sparse"
+    r = cli(["run", "parallel.pp=2", f"parallel.timeout_s={timeout_s}", "workload.arrival=poisson",
+             f"workload.qps={qps}", f"workload.num_requests={n}"] + _args_without({"workload.num_requests"}, TINY), d)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert [o["finish_reason"] for o in outputs(d)] == ["length"] * n
+
+
+def _stage_pids(proc, stages: int, timeout: float = 60) -> list[int]:
+    psutil = pytest.importorskip("psutil")
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        kids = [c for c in psutil.Process(proc.pid).children()
+                if "resource_tracker" not in " ".join(c.cmdline())]
+        if len(kids) == stages:
+            return [c.pid for c in kids]
+        time.sleep(0.1)
+    pytest.fail("stage processes did not start")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig, to_group", [(signal.SIGINT, True), (signal.SIGTERM, False)],
+                         ids=["sigint-to-group", "sigterm-to-launcher"])
+def test_signal_stops_a_run_and_keeps_what_finished(tmp_path, sig, to_group):
+    """Ctrl-C (SIGINT to the process group) or SIGTERM to the launcher: stages gone within
+    seconds; every request in outputs.jsonl, unfinished ones naming the signal; records kept."""
+    psutil = pytest.importorskip("psutil")
+    d = tmp_path / "sig"
+    n = 200
+    args = ["run", "parallel.pp=2", f"workload.num_requests={n}", "model.hidden_size=256",
+            "model.intermediate_size=768"] + _args_without({"workload.num_requests"}, TINY)
+    proc = subprocess.Popen([str(BIN / "pp-sarathi"), *args, f"hydra.run.dir={d}"], cwd=REPO,
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    stages = _stage_pids(proc, 2)
+    partial = d / "outputs.partial.jsonl"
+    deadline = time.monotonic() + 120
+    while not (partial.exists() and partial.read_text().count("\n") >= 3):
+        assert time.monotonic() < deadline and proc.poll() is None, "no request finished in time"
+        time.sleep(0.05)
+    start = time.monotonic()
+    if to_group:
+        os.killpg(proc.pid, sig)
+    else:
+        proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert time.monotonic() - start < 15, err[-2000:]
+    assert proc.returncode != 0
+    assert not [p for p in stages if psutil.pid_exists(p) and psutil.Process(p).status() != "zombie"]
+    outs = outputs(d)
+    assert len(outs) == n
+    reasons = [o["finish_reason"] for o in outs]
+    assert reasons.count("length") >= 3
+    assert set(reasons) <= {"length", f"error: interrupted by {sig.name}"}, set(reasons)
+    assert f"error: interrupted by {sig.name}" in reasons
+    res = json.loads((d / "results.json").read_text())
+    assert res["batches"]["count"] > 0 and all(s["num_batches"] > 0 for s in res["stages"])
+    assert (d / "trace.json").exists()

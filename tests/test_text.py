@@ -13,7 +13,7 @@ from conftest import make_requests, run_engine  # noqa: E402
 
 from pp_sarathi.model.text_support import load_tokenizer
 from pp_sarathi.model.tokenizer import TokenizerError  # noqa: E402
-from pp_sarathi.runtime.serve import prepare  # noqa: E402
+from pp_sarathi.runtime.prepare import prepare  # noqa: E402
 from pp_sarathi.workload.files import WorkloadFileError  # noqa: E402
 
 PROMPTS = ["the cat sat on the mat", "a dog ran", "hello world hello"]

@@ -33,26 +33,31 @@ from pathlib import Path
 import torch
 
 from ..config import SamplingConfig, SchedulerConfig
+from ..cost.shape import BatchShape
 from ..metrics.timing import StageClock
+from ..model.arch import ModelArch
 from ..model.kv_cache import KVCache
+from ..model.loader import DTYPES
+from ..model.random_weights import param_bytes, random_stage_model
+from ..model.shapes import kv_bytes_per_token
 from ..runtime.driver import drive
 from ..runtime.executor import StageExecutor
-from ..runtime.local import LocalPipeline
+from ..runtime.driver import LocalPipeline
 from ..runtime.sampler import Sampler
 from ..scheduler import BlockManager, make_scheduler
 from ..workload.request import Request
 from .device import device_info, measure_peaks, median, synchronize, time_interleaved
 from .hybrid import HybridBench
 from .numerics import hybrid_logits_check
-from .random_init import LLAMA_13B, llama_arch, param_bytes, random_stage_model
-from .roofline import BatchShape, roofline
-
-DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+from .roofline import roofline
 
 # The paper's numbers (LLaMA-13B on one A6000), to print beside ours.
 PAPER_TABLE2_MS = {"prefill_1024": 234.8, "decode_4": 49.96, "hybrid_1021_3": 238.4}
 PAPER_TABLE2_PER_TOKEN_MS = {"prefill": 0.229, "decode": 12.49, "piggybacked_decode": 1.2}
 PAPER_TABLE4_ROW1 = {"decode_speedup": 5.45, "e2e_speedup": 1.33}
+# LLaMA-13B as in the paper (40 layers, 40 heads, hidden 5120), conf/model/llama-13b.yaml.
+LLAMA_13B = dict(vocab_size=32000, hidden_size=5120, intermediate_size=13824, num_layers=40,
+                 num_heads=40, num_kv_heads=40, max_position_embeddings=4096)
 
 
 @dataclass
@@ -81,13 +86,12 @@ SMALL = Shapes(model=dict(vocab_size=512, hidden_size=128, intermediate_size=344
                block_size=8, peaks=dict(matmul_n=512, copy_mib=32))
 
 
-def kv_capacity(model, shapes: Shapes, seq_lens: list[int]) -> dict:
+def kv_capacity(model, seq_lens: list[int]) -> dict:
     """Max batch from memory, the paper's B = floor((M_G - M_S) / (L * m_kv)), for each L."""
     arch = model.arch
     dev = next(model.parameters()).device
     elem = next(model.parameters()).element_size()
-    m_kv = KVCache.bytes_per_token(arch.num_layers, arch.num_kv_heads, arch.head_dim,
-                                   next(model.parameters()).dtype)
+    m_kv = kv_bytes_per_token(arch, elem, arch.num_layers)
     m_s = param_bytes(model)
     if dev.type == "cuda":
         free, total = torch.cuda.mem_get_info(dev)
@@ -161,9 +165,9 @@ class RecordingPipeline(LocalPipeline):
 
 
 def _shape_of(parts) -> BatchShape:
-    chunks = [(p.start, p.num_tokens) for p in parts if p.num_tokens > 1]
-    decodes = [p.start for p in parts if p.num_tokens == 1]
-    return BatchShape(chunks, decodes, logits_rows=sum(1 for p in parts if p.sample))
+    chunks = [(p.num_tokens, p.start) for p in parts if p.num_tokens > 1]
+    decodes = [p.start + 1 for p in parts if p.num_tokens == 1]
+    return BatchShape.of(chunks, decodes, num_sampled=sum(1 for p in parts if p.sample))
 
 
 def engine_run(model, kv: KVCache, shapes: Shapes, policy: str, requests: list[Request]) -> dict:
@@ -186,7 +190,7 @@ def engine_run(model, kv: KVCache, shapes: Shapes, policy: str, requests: list[R
     batches = drive(sched, pipe, clock)
     synchronize(dev)
     wall = time.perf_counter() - t0
-    times = {r.batch_id: r.compute_end - r.compute_start for r in pipe.finish()}
+    times = {r.batch_id: r.compute_end - r.compute_start for r in pipe.timeline.records()}
     bad = [q.finish_reason for q in sched.seqs.values() if q.finish_reason != "length"]
     if bad:
         raise RuntimeError(f"{policy}: requests did not finish normally: {bad}")
@@ -402,12 +406,12 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_numerics and dtype != torch.float32:
         numerics = hybrid_logits_check(device, dtype)
         log(f"[gpu-bench] numerics vs float32: rel L2 {numerics['low_vs_ref_hybrid']['rel_l2_err']:.2e}")
-    arch = llama_arch(**shapes.model, dtype=args.dtype)
+    arch = ModelArch.from_shape(**shapes.model, dtype=args.dtype)
     t = time.perf_counter()
     model = random_stage_model(arch, dtype=dtype, device=device)
     synchronize(device)
     log(f"[gpu-bench] built {arch.num_params() / 1e9:.2f}B-param model in place in {time.perf_counter() - t:.1f} s")
-    kv = kv_capacity(model, shapes, sorted({shapes.decode_ctx, shapes.t4_prompt + shapes.t4_output,
+    kv = kv_capacity(model, sorted({shapes.decode_ctx, shapes.t4_prompt + shapes.t4_output,
                                             arch.max_position_embeddings}))
     log("[gpu-bench] Table 2 ...")
     t2 = table2(model, shapes, peaks, warmup, repeats)

@@ -9,7 +9,7 @@ import torch
 
 from ..model.kv_cache import KVCache, PartSpec, build_attention_metadata
 from ..model.llama import StageModel
-from .roofline import BatchShape
+from ..cost.shape import BatchShape
 
 
 @dataclass
@@ -72,7 +72,7 @@ class HybridBench:
         chunks = []
         if prefill:
             parts.append(PartSpec(prefill_start, prefill, self.prefill_table, True))
-            chunks.append((prefill_start, prefill))
+            chunks.append((prefill, prefill_start))
         if not parts:
             raise ValueError("empty batch")
         ids = self._ids(sum(p.num_tokens for p in parts))
@@ -84,4 +84,4 @@ class HybridBench:
         def run() -> list[int]:
             return model(ids, meta, kv).argmax(dim=-1).tolist()
 
-        return Batch(name, parts, BatchShape(chunks, [ctx] * decodes), run, build)
+        return Batch(name, parts, BatchShape.of(chunks, [ctx + 1] * decodes), run, build)

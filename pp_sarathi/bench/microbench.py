@@ -50,7 +50,7 @@ NOISY_SPREAD = 1.5  # max/min of a batch's samples above this: the machine was n
 def _load_model(cfg: RunConfig) -> StageModel:
     # Lazy: the loader needs safetensors, which bare GPU machines may lack.
     from ..model.loader import load_stage
-    from ..runtime.setup import pick_device, resolve_model
+    from ..runtime.stage import pick_device, resolve_model
 
     path, arch = resolve_model(cfg.model)
     return load_stage(path, 0, arch.num_layers, dtype=cfg.model.dtype, device=pick_device(cfg), arch=arch)
@@ -132,7 +132,7 @@ def run_microbench(cfg: RunConfig, run_dir: Path, *, model: StageModel | None = 
         raise ValueError("microbench.chunk_sizes and microbench.decode_batch_sizes must not be empty")
     if min(mb.chunk_sizes) < 2 or min(mb.decode_batch_sizes) < 1 or mb.repeats < 1 or mb.warmup < 0:
         raise ValueError("microbench needs chunk sizes >= 2, batch sizes >= 1, repeats >= 1, warmup >= 0")
-    from ..runtime.pipeline_threads import prepare_host
+    from ..runtime.host import prepare_host
 
     prepare_host(1, cfg.parallel)
     model = model if model is not None else _load_model(cfg)

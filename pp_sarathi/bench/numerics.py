@@ -16,7 +16,8 @@ import torch
 from ..model.arch import ModelArch
 from ..model.kv_cache import PartSpec, build_attention_metadata
 from ..model.llama import StageModel
-from .random_init import llama_arch, random_stage_model
+from ..model.shapes import canonical_dtype
+from ..model.random_weights import random_stage_model
 
 CHECK_ARCH = dict(vocab_size=1024, hidden_size=256, intermediate_size=688, num_layers=4, num_heads=8,
                   num_kv_heads=4, max_position_embeddings=512)
@@ -48,7 +49,7 @@ def hybrid_logits_check(device: torch.device | str, dtype: torch.dtype = torch.b
                         arch: ModelArch | None = None, num_decodes: int = 5, chunk: int = 48,
                         seed: int = 0, std: float = 0.05) -> dict:
     """Compare ``dtype`` hybrid-batch logits with a float32 reference on ``device``."""
-    arch = arch or llama_arch(**CHECK_ARCH, dtype=str(dtype).replace("torch.", ""))
+    arch = arch or ModelArch.from_shape(**CHECK_ARCH, dtype=canonical_dtype(str(dtype)))
     low = random_stage_model(arch, dtype=dtype, device=device, seed=seed, std=std)
     ref = copy.deepcopy(low).to(torch.float32)
     ref.reset_rope()

@@ -1,13 +1,15 @@
 """Roofline lower bound of one hybrid batch from the model's shapes.
 
 FLOPs = 2 * (linear parameters touched) * tokens  (QKV, O, gate/up, down of every layer for
-        every token; the LM head only for the rows that produce logits)
+        every token; the LM head only for the sampled rows)
       + attention: 4 * heads * head_dim * (visible keys summed over query tokens) per layer
-        (QK^T and PV; a prefill chunk at start s of n tokens sees n*s + n(n+1)/2 keys in all,
-        a decode at KV length c sees c + 1).
+        (QK^T and PV; a prefill chunk of n tokens over s cached ones sees n*s + n(n+1)/2 keys
+        in all, a decode with context c (its own token included) sees c).
 Bytes = every weight read once (linear, norms, LM head, the embedding rows used)
-      + the K/V each part attends to, read once per layer (a chunk reads s + n keys, a decode c + 1)
+      + the K/V each part attends to, read once per layer (a chunk reads s + n keys, a decode c)
       + the new tokens' K/V written once per layer.
+
+The batch is a :class:`pp_sarathi.cost.BatchShape`, the one the simulator's cost model takes.
 Activations are not counted (they are small next to weights and KV at these shapes and could in
 principle stay on chip), so the bound is optimistic.
 
@@ -18,20 +20,9 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from ..cost.shape import BatchShape
 from ..model.arch import ModelArch
-
-
-@dataclass
-class BatchShape:
-    """Prefill chunks as (start position, tokens); decodes as cached KV length before the token."""
-
-    chunks: list[tuple[int, int]]
-    decode_ctx: list[int]
-    logits_rows: int | None = None  # default: one per chunk and per decode
-
-    @property
-    def num_tokens(self) -> int:
-        return sum(n for _, n in self.chunks) + len(self.decode_ctx)
+from ..model.shapes import embedding_params, kv_elems_per_token, linear_params_per_layer
 
 
 @dataclass
@@ -53,25 +44,20 @@ class Roofline:
         return {**asdict(self), "limiter": self.limiter}
 
 
-def linear_params_per_layer(arch: ModelArch) -> int:
-    h = arch.hidden_size
-    return h * (arch.q_size + 2 * arch.kv_size) + arch.q_size * h + 3 * h * arch.intermediate_size
-
-
 def batch_flops_bytes(arch: ModelArch, shape: BatchShape, elem_bytes: int,
                       num_layers: int | None = None, with_embed: bool = True,
                       with_head: bool = True) -> tuple[float, float]:
     L = arch.num_layers if num_layers is None else num_layers
     h = arch.hidden_size
     T = shape.num_tokens
-    rows = shape.logits_rows if shape.logits_rows is not None else len(shape.chunks) + len(shape.decode_ctx)
+    rows = shape.num_sampled
     lin = linear_params_per_layer(arch)
-    head = arch.vocab_size * h if with_head else 0
+    head = embedding_params(arch) if with_head else 0
     # Keys attended (FLOPs) and keys read (bytes).
-    keys_attended = sum(n * s + n * (n + 1) // 2 for s, n in shape.chunks) + sum(c + 1 for c in shape.decode_ctx)
-    keys_read = sum(s + n for s, n in shape.chunks) + sum(c + 1 for c in shape.decode_ctx)
+    keys_attended = sum(n * s + n * (n + 1) // 2 for n, s in shape.prefills) + sum(shape.decode_ctx)
+    keys_read = sum(s + n for n, s in shape.prefills) + sum(shape.decode_ctx)
     flops = 2.0 * lin * T * L + 2.0 * head * rows + 4.0 * arch.num_heads * arch.head_dim * keys_attended * L
-    kv_tok = 2 * arch.num_kv_heads * arch.head_dim  # K and V elements per token per layer
+    kv_tok = kv_elems_per_token(arch)  # K and V elements per token per layer
     weight_elems = L * (lin + 2 * h) + (head + h if with_head else 0) + (T * h if with_embed else 0)
     kv_elems = L * kv_tok * (keys_read + T)
     return flops, float(elem_bytes) * (weight_elems + kv_elems)

@@ -8,10 +8,8 @@ from pathlib import Path
 
 from ..metrics.outputs import output_record, write_outputs
 from ..metrics.summary import summarize
-from ..metrics.records import StageRecord
+from ..metrics.records import BatchRecord, DriverSpan, RunOutcome, StageRecord
 from ..metrics.trace import write_trace
-from ..metrics.records import BatchRecord
-from ..metrics.records import RunOutcome
 from ..workload.request import Request
 
 PARTIAL = "outputs.partial.jsonl"
@@ -43,7 +41,8 @@ def finalize_run(outcome: RunOutcome, config: dict, run_dir: str) -> dict:
         "num_stages": outcome.num_stages, "wall_s": outcome.wall_s, "device": outcome.device,
         "layer_ranges": outcome.layer_ranges,
         "batches": [asdict(b) for b in outcome.batches],
-        "stage_records": [r.to_dict() for r in outcome.stage_records]}))
+        "stage_records": [r.to_dict() for r in outcome.stage_records],
+        "driver_spans": [asdict(d) for d in outcome.driver_spans]}))
     if log_cfg.get("trace", True):
         write_trace(outcome, d / "trace.json")
     if log_cfg.get("timeline", True) and outcome.stage_records:
@@ -64,7 +63,8 @@ def load_timeline(run_dir: str | Path) -> RunOutcome:
     return RunOutcome(sequences=[], batches=[BatchRecord(**b) for b in t["batches"]],
                       stage_records=[StageRecord(**r) for r in t["stage_records"]],
                       num_stages=t["num_stages"], wall_s=t["wall_s"],
-                      layer_ranges=[tuple(x) for x in t["layer_ranges"]], device=t["device"])
+                      layer_ranges=[tuple(x) for x in t["layer_ranges"]], device=t["device"],
+                      driver_spans=[DriverSpan(**d) for d in t.get("driver_spans", [])])
 
 
 def salvage_outputs(requests: list[Request], run_dir: str, reason: str) -> None:

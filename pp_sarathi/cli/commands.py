@@ -11,8 +11,9 @@ from pathlib import Path
 from ..config import RunConfig
 from ..model.arch import UnsupportedModelError
 from ..model.loader import CheckpointError
-from ..runtime.launch import PipelineFailure, launch, run_stage_process
-from ..runtime.serve import prepare, serve_local
+from ..runtime.launch import (PipelineFailure, RunInterrupted, install_stop_handlers, launch,
+                              run_stage_process, serve_local)
+from ..runtime.prepare import prepare
 from ..workload import WorkloadFileError
 from .artifacts import PartialOutputs, finalize_run, load_timeline, salvage_outputs
 
@@ -73,15 +74,23 @@ def execute(cfg: RunConfig, cfg_dict: dict, run_dir: str) -> dict | None:
              cfg.parallel.pp, _ranges_text(prep.layer_ranges))
     if cfg.parallel.pp == 1:
         from .progress import progress_bar
+        stop = install_stop_handlers(0)
         with progress_bar(len(prep.requests), cfg.logging.progress, cfg.scheduler.name) as bar:
             writer = partial()
-            outcome = serve_local(prep, lambda seqs: (writer(seqs), bar.update(len(seqs))))
-        return finalize(outcome)
+            outcome = serve_local(prep, lambda seqs: (writer(seqs), bar.update(len(seqs))), stop)
+        results = finalize(outcome)
+        if stop.reason is not None:
+            raise UserError(f"run stopped by {stop.reason}; outputs so far are in {run_dir}")
+        return results
     from .progress import watch_partial
     try:
         with watch_partial(Path(run_dir) / "outputs.partial.jsonl", len(prep.requests),
                            cfg.logging.progress, cfg.scheduler.name):
             launch(prep, finalize, partial)
+    except RunInterrupted as exc:
+        if not (Path(run_dir) / "outputs.jsonl").exists():
+            salvage_outputs(prep.requests, run_dir, str(exc))
+        raise UserError(f"{exc}; outputs so far are in {run_dir}") from None
     except PipelineFailure as exc:
         salvage_outputs(prep.requests, run_dir, str(exc))
         raise UserError(f"{exc}; finished requests are in {run_dir}/outputs.jsonl") from None

@@ -6,6 +6,7 @@ from pathlib import Path
 from ..metrics.records import RunOutcome
 
 KIND_COLOURS = {"prefill": "#d62728", "hybrid": "#2ca02c", "decode": "#1f77b4"}
+DRIVER_COLOUR = "#7f7f7f"
 
 
 def _draw(ax, out: RunOutcome, title: str) -> None:
@@ -18,8 +19,13 @@ def _draw(ax, out: RunOutcome, title: str) -> None:
     for (stage, kind), bars in spans.items():
         ax.broken_barh(bars, (stage - 0.4, 0.8), facecolors=KIND_COLOURS[kind], edgecolor="black",
                        linewidth=0.2)
-    ax.set_yticks(range(out.num_stages), [f"stage {s}" for s in range(out.num_stages)])
-    ax.set_ylim(out.num_stages - 0.5, -0.5)
+    rows = [f"stage {s}" for s in range(out.num_stages)]
+    if out.driver_spans:  # the driver's own work, on a row below the stages
+        ax.broken_barh([(d.start, d.end - d.start) for d in out.driver_spans], (out.num_stages - 0.3, 0.6),
+                       facecolors=DRIVER_COLOUR, linewidth=0)
+        rows.append("driver")
+    ax.set_yticks(range(len(rows)), rows)
+    ax.set_ylim(len(rows) - 0.5, -0.5)
     ax.set_xlabel("time (s)")
     ax.set_title(title, fontsize=10)
 
@@ -35,7 +41,7 @@ def write_timeline(out: RunOutcome, path: Path, title: str = "") -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(12, 1.0 + 0.6 * out.num_stages))
+    fig, ax = plt.subplots(figsize=(12, 1.0 + 0.6 * (out.num_stages + bool(out.driver_spans))))
     _draw(ax, out, title or "pipeline timeline (compute per micro-batch; gaps are bubbles)")
     _legend(fig)
     fig.tight_layout()

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from ..config import RunConfig
 from ..metrics.records import RunOutcome
-from ..sim.costmodel import make_cost_model
+from ..cost import make_cost_model
 from ..sim.simulate import run_simulation, sim_arch, simulate_compare, simulation_results
 
 log = logging.getLogger("pp_sarathi")
@@ -128,7 +128,7 @@ def simulate_command(cfg: RunConfig, cfg_dict: dict, run_dir: str) -> dict:
 
 def profile_errors_command(cfg: RunConfig, run_dir: str) -> dict:
     """Held-out error of the profile cost model (``sim.profile``) -> ``profile_errors.json``."""
-    from ..sim.costmodel import holdout_errors
+    from ..cost import holdout_errors
     if not cfg.sim.profile:
         raise ValueError("set sim.profile=PATH to a profile CSV")
     make_cost_model(cfg, sim_arch(cfg))  # checks the shape matches

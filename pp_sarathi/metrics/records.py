@@ -42,6 +42,18 @@ class BatchRecord:
 
 
 @dataclass
+class DriverSpan:
+    """A stretch of work by the driver (rank 0's scheduler side), on its own track.
+
+    ``kind``: ``schedule`` (a scheduler call that produced a micro-batch), ``results`` (applying
+    a returned micro-batch to the scheduler) or ``output`` (writing finished requests)."""
+
+    kind: str
+    start: float
+    end: float
+
+
+@dataclass
 class SimInfo:
     """What only a simulated run knows."""
 
@@ -60,4 +72,5 @@ class RunOutcome:
     layer_ranges: list[tuple[int, int]] = field(default_factory=list)
     device: str = "cpu"
     error: str | None = None  # set when the run ended early (a failed stage, ...)
+    driver_spans: list[DriverSpan] = field(default_factory=list)  # the driver's own work
     sim: SimInfo | None = None  # set by the simulator

@@ -18,7 +18,9 @@ def percentiles(values, scale: float = 1.0) -> dict:
 def summarize(out: RunOutcome, config: dict | None = None) -> dict:
     seqs = out.sequences
     done = [s for s in seqs if s.finish_reason and not s.finish_reason.startswith("error")]
-    prompt_tokens = sum(b.num_prefill_tokens for b in out.batches)
+    # Each prompt token counts once; prefill work redone after a preemption is reported apart.
+    prefill_work = sum(b.num_prefill_tokens for b in out.batches)
+    prompt_tokens = sum(min(s.prompt_len, s.max_computed) for s in seqs) if seqs else prefill_work
     decode_tokens = sum(len(s.output_token_ids) for s in seqs)
     span = out.wall_s or 1e-9
     ttft = [s.first_token_time - s.arrival_time for s in seqs if s.first_token_time is not None]
@@ -26,7 +28,8 @@ def summarize(out: RunOutcome, config: dict | None = None) -> dict:
     e2e = [s.finish_time - s.arrival_time for s in done if s.finish_time is not None]
 
     report = account(out.stage_records, [(b.scheduled_at, b.done_at) for b in out.batches],
-                     {b.batch_id: b.scheduled_at for b in out.batches})
+                     {b.batch_id: b.scheduled_at for b in out.batches},
+                     [(d.start, d.end) for d in out.driver_spans])
     req_bubble = per_request_bubble(report, {b.batch_id: b.request_indices for b in out.batches})
     stages = []
     for s in range(out.num_stages):
@@ -42,6 +45,7 @@ def summarize(out: RunOutcome, config: dict | None = None) -> dict:
             "send_s": sum(r.send_end - r.send_start for r in recs),
             "bubble_s": bub,
             "bubble_fraction": bub / span_s if span_s > 0 else 0.0,
+            "bubble_causes_s": report.stage_causes_s.get(s, {}),
         })
     bubble_values = [req_bubble.get(s.index, 0.0) for s in seqs if s.token_times]
     reasons: dict[str, int] = {}
@@ -63,6 +67,7 @@ def summarize(out: RunOutcome, config: dict | None = None) -> dict:
             "decode_tokens_per_s": decode_tokens / span,
             "requests_per_s": len(done) / span,
             "prompt_tokens": prompt_tokens,
+            "recomputed_tokens": prefill_work - prompt_tokens,
             "decode_tokens": decode_tokens,
         },
         "latency": {"ttft_ms": percentiles(ttft, 1e3), "tbt_ms": percentiles(tbt, 1e3),
@@ -73,8 +78,21 @@ def summarize(out: RunOutcome, config: dict | None = None) -> dict:
             "per_request_ms": percentiles(bubble_values, 1e3),
             "per_request_cdf_ms": sorted(v * 1e3 for v in bubble_values),
         },
+        "driver": driver_summary(out, span),
         "batches": {"count": len(out.batches), "by_kind": kinds,
                     "mean_tokens": float(np.mean([b.num_prefill_tokens + b.num_decode_tokens
                                                   for b in out.batches])) if out.batches else 0.0},
         "config": config or {},
     }
+
+
+def driver_summary(out: RunOutcome, span: float) -> dict:
+    """The driver's own work: busy time and how long each kind of call took."""
+    by_kind: dict[str, list[float]] = {}
+    for d in out.driver_spans:
+        by_kind.setdefault(d.kind, []).append(d.end - d.start)
+    busy = sum(sum(v) for v in by_kind.values())
+    return {"busy_s": busy, "busy_fraction": busy / span if span > 0 else 0.0,
+            "schedule_ms": percentiles(by_kind.get("schedule", []), 1e3),
+            "results_ms": percentiles(by_kind.get("results", []), 1e3),
+            "output_ms": percentiles(by_kind.get("output", []), 1e3)}

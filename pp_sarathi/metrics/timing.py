@@ -3,7 +3,10 @@ on GPU, resolved only at the end so the hot path never synchronises)."""
 from __future__ import annotations
 
 import time
+
 import torch
+
+from .records import StageRecord
 
 
 class StageClock:
@@ -15,9 +18,21 @@ class StageClock:
 
     def reset(self) -> None:
         self._origin = time.perf_counter()
+        self._event_offset = 0.0  # host seconds from the origin to the origin event
         if self.cuda:
             self._origin_event = torch.cuda.Event(enable_timing=True)
             self._origin_event.record()
+
+    def adopt_origin(self, origin: float) -> None:
+        """Use another process's origin. ``perf_counter`` is the system-wide monotonic clock on
+        Linux, so processes on one host share it exactly; resetting each after a barrier
+        would leave them apart by however long each took to leave the barrier."""
+        self._event_offset += self._origin - origin
+        self._origin = origin
+
+    @property
+    def origin(self) -> float:
+        return self._origin
 
     def now(self) -> float:
         """Host time in seconds since the origin."""
@@ -39,5 +54,25 @@ class StageClock:
         if isinstance(stamp, float):
             return stamp
         stamp.synchronize()
-        return self._origin_event.elapsed_time(stamp) / 1e3
+        return self._event_offset + self._origin_event.elapsed_time(stamp) / 1e3
 
+
+class StageTimeline:
+    """One stage's records as stamps, resolved to :class:`StageRecord` only at the end.
+
+    Stamps are host times on CPU and CUDA events on GPU, so recording a micro-batch never
+    synchronises the device; :meth:`records` does, once, after the run."""
+
+    def __init__(self, clock: StageClock, stage: int):
+        self.clock, self.stage = clock, stage
+        self._rows: list[tuple] = []
+
+    def add(self, batch_id: int, recv_start, recv_end, compute_start, compute_end, send_start, send_end) -> None:
+        self._rows.append((batch_id, recv_start, recv_end, compute_start, compute_end, send_start, send_end))
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def records(self) -> list[StageRecord]:
+        sec = self.clock.seconds
+        return [StageRecord(self.stage, bid, *(sec(x) for x in stamps)) for bid, *stamps in self._rows]

@@ -1,4 +1,5 @@
-"""Chrome/Perfetto trace: one track per stage, one slice per micro-batch phase."""
+"""Chrome/Perfetto trace: one track per stage, one slice per micro-batch phase, and the
+driver's own work on a track of its own."""
 from __future__ import annotations
 
 import json
@@ -12,6 +13,11 @@ def trace_events(out: RunOutcome) -> list[dict]:
     events: list[dict] = [{"name": "process_name", "ph": "M", "pid": 0, "args": {"name": "pipeline"}}]
     for s in range(out.num_stages):
         events.append({"name": "thread_name", "ph": "M", "pid": 0, "tid": s, "args": {"name": f"stage {s}"}})
+    if out.driver_spans:
+        tid = out.num_stages
+        events.append({"name": "thread_name", "ph": "M", "pid": 0, "tid": tid, "args": {"name": "driver"}})
+        events += [{"name": d.kind, "cat": "driver", "ph": "X", "pid": 0, "tid": tid, "ts": d.start * 1e6,
+                    "dur": (d.end - d.start) * 1e6} for d in out.driver_spans if d.end > d.start]
     for r in out.stage_records:
         b = kinds.get(r.batch_id)
         args = {"batch": r.batch_id}

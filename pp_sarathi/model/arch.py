@@ -7,6 +7,9 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..config import ModelConfig
+from . import shapes
+
 SUPPORTED_ARCHITECTURES = {
     "LlamaForCausalLM": "llama",
     "MistralForCausalLM": "mistral",
@@ -51,10 +54,41 @@ class ModelArch:
         return self.num_kv_heads * self.head_dim
 
     def num_params(self) -> int:
-        per_layer = (self.hidden_size * (self.q_size + 2 * self.kv_size) + self.q_size * self.hidden_size
-                     + 3 * self.hidden_size * self.intermediate_size + 2 * self.hidden_size)
-        embed = self.vocab_size * self.hidden_size
-        return self.num_layers * per_layer + embed * (1 if self.tie_word_embeddings else 2) + self.hidden_size
+        """All weights (see :func:`pp_sarathi.model.shapes.num_params`)."""
+        return shapes.num_params(self)
+
+    @classmethod
+    def from_shape(cls, *, vocab_size: int, hidden_size: int, intermediate_size: int, num_layers: int,
+                   num_heads: int, num_kv_heads: int | None = None, head_dim: int | None = None,
+                   max_position_embeddings: int = 4096, rope_theta: float = 10000.0,
+                   tie_word_embeddings: bool = False, eos_token_ids: tuple[int, ...] = (2,),
+                   dtype: str = "float32") -> "ModelArch":
+        """A plain LLaMA architecture from its shape, as the random-init checkpoints'
+        ``config.json`` describes it (RMSNorm eps 1e-5, default rope, EOS token 2)."""
+        if head_dim is None:
+            if hidden_size % num_heads:
+                raise ValueError(f"hidden_size={hidden_size} is not a multiple of num_heads={num_heads}")
+            head_dim = hidden_size // num_heads
+        return cls(family="llama", vocab_size=vocab_size, hidden_size=hidden_size,
+                   intermediate_size=intermediate_size, num_layers=num_layers, num_heads=num_heads,
+                   num_kv_heads=num_kv_heads or num_heads, head_dim=head_dim,
+                   max_position_embeddings=max_position_embeddings, rms_norm_eps=1e-5,
+                   rope_theta=float(rope_theta), tie_word_embeddings=tie_word_embeddings,
+                   eos_token_ids=tuple(eos_token_ids), dtype=dtype)
+
+    @classmethod
+    def from_config(cls, m: "ModelConfig") -> "ModelArch":
+        """The model's shape without weights: ``m.path``'s config.json when set, else the
+        preset fields of ``m`` (nothing is written or loaded)."""
+        if m.path:
+            return cls.from_pretrained(Path(m.path).expanduser())
+        if m.hidden_size % m.num_heads:
+            raise ValueError(f"model.hidden_size={m.hidden_size} is not a multiple of num_heads={m.num_heads}")
+        return cls.from_shape(vocab_size=m.vocab_size, hidden_size=m.hidden_size,
+                              intermediate_size=m.intermediate_size, num_layers=m.num_layers,
+                              num_heads=m.num_heads, num_kv_heads=m.num_kv_heads,
+                              max_position_embeddings=m.max_position_embeddings, rope_theta=m.rope_theta,
+                              tie_word_embeddings=m.tie_word_embeddings, dtype=m.dtype)
 
     @classmethod
     def from_hf_dict(cls, cfg: dict) -> "ModelArch":

@@ -16,8 +16,10 @@ from .arch import ModelArch
 from .checkpoint import checkpoint_arch, is_gguf
 from .errors import CheckpointError
 from .llama import StageModel
+from .shapes import DTYPE_BYTES
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# The torch dtype of each dtype name the runtime computes in.
+DTYPES = {name: getattr(torch, name) for name in DTYPE_BYTES}
 
 
 @dataclass

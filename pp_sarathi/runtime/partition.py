@@ -2,13 +2,13 @@
 from __future__ import annotations
 
 from ..model.arch import ModelArch
+from ..model.shapes import embedding_params, linear_params_per_layer
 
 
 def _layer_costs(arch: ModelArch) -> tuple[list[float], float, float]:
     """Relative costs (parameter counts) of each layer, the embedding and the LM head."""
-    h, i, q, kv = arch.hidden_size, arch.intermediate_size, arch.q_size, arch.kv_size
-    layer = h * (q + 2 * kv) + q * h + 3 * h * i
-    embed = arch.vocab_size * h
+    layer = linear_params_per_layer(arch)
+    embed = embedding_params(arch)
     return [float(layer)] * arch.num_layers, float(embed), float(embed)
 
 

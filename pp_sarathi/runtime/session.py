@@ -82,9 +82,9 @@ class _StageState:
         import torch
 
         from ..model.loader import parse_dtype
-        from .pipeline import init_process_group
-        from .pipeline_threads import prepare_host
-        from .setup import build_executor, pick_device
+        from .host import prepare_host
+        from .launch import init_process_group
+        from .stage import build_executor, pick_device
         from .transport import StageLink
 
         cfg = spec.cfg
@@ -101,44 +101,55 @@ class _StageState:
 
     def run(self, job: Job):
         """Rank 0: the job's RunOutcome; other ranks: their stage records."""
-        from ..metrics.timing import StageClock
+        from ..metrics.timing import StageClock, StageTimeline
         from .sampler import Sampler
 
         if self.executor.is_last:
             self.executor.sampler = Sampler(job.sampling)
+        clock = StageClock(self.device)
         if self.link is not None:
             import torch.distributed as dist
+
+            from .launch import share_origin
             self.link.logprobs = job.sampling.logprobs  # the results' wire format follows the job
             dist.barrier()
-        clock = StageClock(self.device)  # common origin: every rank starts it right after the barrier
+            clock.reset()  # common origin, as a one-shot run: right after the barrier, then shared
+            share_origin(clock)
+        timeline = StageTimeline(clock, self.rank)
         if self.rank != 0:
-            from .pipeline import worker_loop
-            return worker_loop(self.executor, self.link, clock)
-        return self._drive(job, clock)
+            from .stage import serve_stage
+            serve_stage(self.executor, self.link, timeline)
+            return timeline.records()
+        return self._drive(job, clock, timeline)
 
-    def _drive(self, job: Job, clock) -> RunOutcome:
-        from .driver import drive
-        from .local import LocalPipeline
-        from .pipeline import DriverPipeline
-        from .serve import Prepared, new_scheduler
+    def _drive(self, job: Job, clock, timeline) -> RunOutcome:
+        from .driver import DriverLog, LocalPipeline, PipelineFront, drive
+        from .launch import heartbeat_interval
+        from .prepare import Prepared, new_scheduler
 
         spec = self.spec
         cfg = dataclasses.replace(spec.cfg, sampling=job.sampling)
         prep = Prepared(cfg, spec.model_path, spec.arch, job.requests, spec.layer_ranges, spec.tokenizer)
         scheduler = new_scheduler(prep)
-        pipeline = (LocalPipeline(self.executor, clock) if self.link is None
-                    else DriverPipeline(self.executor, self.link, clock))
+        if self.link is None:
+            pipeline = LocalPipeline(self.executor, clock)
+            timeline = pipeline.timeline
+        else:
+            pipeline = PipelineFront(self.executor, self.link, timeline, heartbeat_interval(cfg.parallel.timeout_s))
+        driver = DriverLog()
         t0 = time.perf_counter()
-        batches = drive(scheduler, pipeline, clock)
+        try:
+            drive(scheduler, pipeline, clock, None, driver, None)
+        finally:
+            if self.link is not None:
+                pipeline.close(cfg.parallel.timeout_s)
         wall = time.perf_counter() - t0
         if self.link is not None:
             self.link.send_stop()
             self.link.flush()
-            records = list(pipeline.records)
-        else:
-            records = pipeline.finish()
         seqs = [scheduler.seqs[r.index] for r in job.requests]
-        return RunOutcome(seqs, batches, records, self.world, wall, spec.layer_ranges, str(self.device))
+        return RunOutcome(seqs, driver.batches, timeline.records(), self.world, wall, spec.layer_ranges,
+                          str(self.device), driver_spans=driver.spans)
 
     def close(self) -> None:
         if self.link is not None:

@@ -1,16 +1,46 @@
-"""Point-to-point messages between stages over torch.distributed (gloo or NCCL).
+"""The transport between stages: batch plans on the wire and point-to-point messages over
+torch.distributed (gloo or NCCL).
 
 Every message sends its shape first (gloo aborts the process on a size mismatch):
 a fixed 3-int header ``[plan_id, meta_len, num_tokens]`` then the plan metadata, then the
-hidden states. Results travel back from the last stage to rank 0 the same way.
+hidden states. Results travel back from the last stage to rank 0 the same way. A plan travels
+as a flat int64 tensor every stage can decode (token ids stay on rank 0).
 """
 from __future__ import annotations
 
 import torch
 import torch.distributed as dist
 
+from ..cost.messages import HOP_HEADER_INTS, RESULT_HEADER_INTS
+from ..cost.messages import PART_FIELDS as _FIELDS
 from ..scheduler.batch import SampleResult, ScheduledPart
-from .wire import STOP, decode_plan, encode_plan
+
+
+STOP = -1  # a plan id that tells stages to finish
+HEARTBEAT = -2  # a plan id that only says the driver is alive (stages pass it on)
+
+
+def encode_plan(plan_id: int, parts: list[ScheduledPart]) -> torch.Tensor:
+    flat = [plan_id, len(parts)]
+    for p in parts:
+        flat += [p.seq_index, p.start, p.num_tokens, int(p.is_prefill), int(p.sample), p.output_index,
+                 len(p.block_table)]
+        flat += p.block_table
+    return torch.tensor(flat, dtype=torch.long)
+
+
+def decode_plan(t: torch.Tensor) -> tuple[int, list[ScheduledPart]]:
+    flat = t.tolist()
+    plan_id, n = flat[0], flat[1]
+    parts, i = [], 2
+    for _ in range(n):
+        seq, start, ntok, pre, sample, out_idx, nb = flat[i:i + _FIELDS]
+        i += _FIELDS
+        parts.append(ScheduledPart(seq_index=seq, start=start, token_ids=[0] * ntok,
+                                   block_table=flat[i:i + nb], is_prefill=bool(pre), sample=bool(sample),
+                                   output_index=out_idx))
+        i += nb
+    return plan_id, parts
 
 
 class StageLink:
@@ -36,12 +66,16 @@ class StageLink:
     def send_stop(self) -> None:
         self._isend([torch.tensor([STOP, 0, 0], dtype=torch.long, device=self.device)], self.next)
 
+    def send_heartbeat(self) -> None:
+        """Tell the next stage the driver lives, so an idle stage's receive never times out."""
+        self._isend([torch.tensor([HEARTBEAT, 0, 0], dtype=torch.long, device=self.device)], self.next)
+
     def recv_activations(self) -> tuple[int, list[ScheduledPart] | None, torch.Tensor | None]:
-        header = torch.empty(3, dtype=torch.long, device=self.device)
+        header = torch.empty(HOP_HEADER_INTS, dtype=torch.long, device=self.device)
         dist.recv(header, self.prev)
         plan_id, meta_len, num_tokens = header.tolist()
-        if plan_id == STOP:
-            return STOP, None, None
+        if plan_id in (STOP, HEARTBEAT):
+            return plan_id, None, None
         meta = torch.empty(meta_len, dtype=torch.long, device=self.device)
         dist.recv(meta, self.prev)
         need = num_tokens * self.hidden_size
@@ -69,7 +103,7 @@ class StageLink:
         self._isend([m.to(self.device) for m in msgs], 0)
 
     def recv_results(self, src: int) -> tuple[int, list[SampleResult | None]]:
-        header = torch.empty(2, dtype=torch.long, device=self.device)
+        header = torch.empty(RESULT_HEADER_INTS, dtype=torch.long, device=self.device)
         dist.recv(header, src)
         plan_id, n = header.tolist()
         tokens = torch.empty(n, dtype=torch.long, device=self.device)

@@ -134,6 +134,7 @@ class Scheduler:
             if seq.status is not SeqStatus.RUNNING:
                 continue
             seq.num_computed = part.start + part.num_tokens
+            seq.max_computed = max(seq.max_computed, seq.num_computed)
             if not part.sample:
                 continue
             if res is None:
@@ -182,16 +183,17 @@ class Scheduler:
         self._num_unfinished = 0
 
     # ---- admission and memory --------------------------------------------------------
-    def _longest(self, seq: Sequence) -> int:
+    def max_request_len(self, seq: Sequence) -> int:
+        """Tokens ``seq`` can reach: prompt plus every output token, capped by the model."""
         return min(len(seq.request.prompt_token_ids) + seq.request.max_tokens, self.max_model_len)
 
     def admit(self, seq: Sequence, now: float) -> None:
         self.waiting.remove(seq)
         if self.reserve_full_request:
-            self.blocks.grow(seq, self._longest(seq))
-        if seq._preempted_at is not None:
-            seq.preempted_s += now - seq._preempted_at
-            seq._preempted_at = None
+            self.blocks.grow(seq, self.max_request_len(seq))
+        if seq.preempted_at is not None:
+            seq.preempted_s += now - seq.preempted_at
+            seq.preempted_at = None
         seq.status = SeqStatus.RUNNING
         self.running.append(seq)
 
@@ -214,7 +216,7 @@ class Scheduler:
         seq.num_computed = 0
         seq.status = SeqStatus.WAITING
         seq.num_preemptions += 1
-        seq._preempted_at = now
+        seq.preempted_at = now
         self.running.remove(seq)
         self.waiting.appendleft(seq)
 
@@ -271,7 +273,7 @@ class BatchBuilder:
             return 0
         seq = sched.waiting[0]
         n = seq.num_uncomputed if num_tokens is None else min(num_tokens, seq.num_uncomputed)
-        need = sched._longest(seq) if sched.reserve_full_request else n
+        need = sched.max_request_len(seq) if sched.reserve_full_request else n
         if n <= 0 or not sched.blocks.can_hold(seq, need):
             return 0
         sched.admit(seq, self.now)

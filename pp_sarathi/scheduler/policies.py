@@ -52,7 +52,7 @@ class FasterTransformerScheduler(Scheduler):
     def build(self, b: BatchBuilder) -> None:
         if not self.running:
             while (len(self.running) < self.cfg.max_batch_size and self.waiting
-                   and self.blocks.can_hold(self.waiting[0], self._longest(self.waiting[0]))):
+                   and self.blocks.can_hold(self.waiting[0], self.max_request_len(self.waiting[0]))):
                 self.admit(self.waiting[0], b.now)
         prefills = self.schedulable_prefills()
         for seq in prefills:

@@ -21,6 +21,7 @@ class Sequence:
     output_token_ids: list[int] = field(default_factory=list)
     logprobs: list[dict[int, float]] = field(default_factory=list)
     num_computed: int = 0  # tokens whose K/V are in the cache
+    max_computed: int = 0  # most tokens ever in the cache (a preemption drops them; this stays)
     block_table: list[int] = field(default_factory=list)
     in_flight: bool = False  # part of a micro-batch that has not come back yet
     finish_reason: str | None = None
@@ -32,7 +33,7 @@ class Sequence:
     finish_time: float | None = None
     num_preemptions: int = 0
     preempted_s: float = 0.0
-    _preempted_at: float | None = None
+    preempted_at: float | None = None  # when it was last preempted, until it is admitted again
 
     def __post_init__(self):
         # Prompts never change; simulated ones are lazy sequences whose len() is Python code.

@@ -38,7 +38,7 @@ from collections import deque
 
 from ..metrics.records import StageRecord
 from ..scheduler import BatchPlan, SampleResult
-from .costmodel import BatchShape, CostModel, StageTimes
+from ..cost import BatchShape, CostModel, StageTimes
 
 
 class VirtualClock:
@@ -215,6 +215,9 @@ class SimPipeline:
         done, results = self._inflight.popleft()
         self.clock.advance_to(done)
         return results
+
+    def idle_until(self, t: float) -> None:
+        self.clock.advance_to(t)
 
     @property
     def records(self) -> list[StageRecord]:

@@ -19,9 +19,9 @@ from ..model.checkpoint import checkpoint_arch
 from ..runtime.driver import drive
 from ..metrics.records import RunOutcome, SimInfo
 from ..runtime.partition import layer_counts, layer_ranges
-from ..runtime.setup import num_kv_blocks
+from ..runtime.stage import num_kv_blocks
 from ..scheduler import BlockManager, make_scheduler
-from .costmodel import CostModel, RooflineCosts, kv_capacity_tokens, make_cost_model
+from ..cost import CostModel, RooflineCosts, kv_capacity_tokens, make_cost_model
 from .engine import SimPipeline, TimeShare, VirtualClock
 from .workload import PlaceholderTokens, sim_requests
 
@@ -31,17 +31,9 @@ log = logging.getLogger("pp_sarathi")
 def sim_arch(cfg: RunConfig) -> ModelArch:
     """The model's shape without weights: from ``model.path``'s config.json when set, else the
     preset fields ``cfg.model.*`` (nothing is written or loaded)."""
-    m = cfg.model
-    if m.path:
-        return checkpoint_arch(Path(m.path).expanduser())  # HF dir or .gguf: metadata only
-    if m.hidden_size % m.num_heads:
-        raise ValueError(f"model.hidden_size={m.hidden_size} is not a multiple of num_heads={m.num_heads}")
-    return ModelArch(family="llama", vocab_size=m.vocab_size, hidden_size=m.hidden_size,
-                     intermediate_size=m.intermediate_size, num_layers=m.num_layers, num_heads=m.num_heads,
-                     num_kv_heads=m.num_kv_heads, head_dim=m.hidden_size // m.num_heads,
-                     max_position_embeddings=m.max_position_embeddings, rms_norm_eps=1e-5,
-                     rope_theta=m.rope_theta, tie_word_embeddings=m.tie_word_embeddings,
-                     eos_token_ids=(2,), dtype=m.dtype)
+    if cfg.model.path:  # HF dir or .gguf: metadata only
+        return checkpoint_arch(Path(cfg.model.path).expanduser())
+    return ModelArch.from_config(cfg.model)
 
 
 def dummy_token(cfg: RunConfig, arch: ModelArch) -> int:

@@ -1,12 +1,10 @@
-"""Serve a workload on this process (pp=1) or as rank 0 of a pipeline."""
+"""Everything checked and resolved before any stage starts: config, model, workload."""
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import RunConfig
-from ..metrics.timing import StageClock
 from ..model.arch import ModelArch
 from ..model.source import resolve_checkpoint
 from ..model.text_output import TextOutput
@@ -14,18 +12,14 @@ from ..model.text_support import TextSupport
 from ..model.tokenizer import Tokenizer
 from ..scheduler import BlockManager, Scheduler, make_scheduler
 from ..workload import Request, load_workload
-from .driver import drive
-from .local import LocalPipeline
-from ..metrics.records import RunOutcome
 from .partition import layer_counts, layer_ranges
 from .sampler import Sampler
-from .pipeline_threads import prepare_host
-from .setup import build_executor, num_kv_blocks, pick_device
+from .stage import num_kv_blocks
 
 
 @dataclass
 class Prepared:
-    """Everything checked and resolved before any stage starts."""
+    """A run ready to start: validated config, checkpoint, architecture, requests, layer split."""
 
     cfg: RunConfig
     model_path: Path
@@ -35,6 +29,23 @@ class Prepared:
     tokenizer: Tokenizer | None = None  # the checkpoint's, when it has one (text outputs, stops)
 
 
+def check_devices(cfg: RunConfig) -> None:
+    """Refuse device/backend combinations that would only fail once ranks start."""
+    import torch
+
+    pp, backend = cfg.parallel.pp, cfg.parallel.backend
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    wants_cuda = cfg.device.startswith("cuda") or (cfg.device == "auto" and gpus > 0)
+    if backend == "nccl" and gpus < pp:
+        raise ValueError(f"parallel.backend=nccl needs {pp} GPUs (one per stage), found {gpus}")
+    if pp > 1 and wants_cuda and backend == "auto" and gpus < pp:
+        raise ValueError(f"parallel.pp={pp} on CUDA needs one GPU per stage, found {gpus}; "
+                         f"use fewer stages, or device=cpu parallel.backend=gloo")
+    if pp > 1 and wants_cuda and backend == "gloo":
+        raise ValueError("parallel.backend=gloo moves activations through host memory; on CUDA use "
+                         "parallel.backend=nccl (one GPU per stage), or device=cpu")
+
+
 def prepare(cfg: RunConfig) -> Prepared:
     """Validate the config, write/locate the model, read the workload: fail here, early."""
     if cfg.scheduler.chunk_size < 1:
@@ -42,11 +53,7 @@ def prepare(cfg: RunConfig) -> Prepared:
     if cfg.parallel.backend not in ("auto", "gloo", "nccl"):
         raise ValueError(f"parallel.backend must be auto, gloo or nccl, not {cfg.parallel.backend!r}")
     Sampler(cfg.sampling)  # validates sampling settings
-    if cfg.parallel.backend == "nccl":
-        import torch
-        if torch.cuda.device_count() < cfg.parallel.pp:
-            raise ValueError(f"parallel.backend=nccl needs {cfg.parallel.pp} GPUs (one per stage), "
-                             f"found {torch.cuda.device_count()}")
+    check_devices(cfg)
     src = resolve_checkpoint(cfg.model)
     path, arch = src.path, src.arch
     ranges = layer_ranges(layer_counts(arch, cfg.parallel.pp, cfg.parallel.partition))
@@ -66,19 +73,3 @@ def new_scheduler(prep: Prepared) -> Scheduler:
         sched.text = TextOutput(prep.tokenizer, cfg.sampling.stop)
     sched.add_requests(prep.requests, prep.arch.vocab_size)
     return sched
-
-
-def serve_local(prep: Prepared, on_finished=None) -> RunOutcome:
-    """pp=1: the whole model in this process."""
-    cfg = prep.cfg
-    device = pick_device(cfg)
-    prepare_host(1, cfg.parallel)
-    executor = build_executor(cfg, prep.model_path, prep.arch, (0, prep.arch.num_layers), device)
-    scheduler = new_scheduler(prep)
-    clock = StageClock(device)
-    pipeline = LocalPipeline(executor, clock)
-    t0 = time.perf_counter()
-    batches = drive(scheduler, pipeline, clock, on_finished)
-    wall = time.perf_counter() - t0
-    seqs = [scheduler.seqs[r.index] for r in prep.requests]
-    return RunOutcome(seqs, batches, pipeline.finish(), 1, wall, prep.layer_ranges, str(device))

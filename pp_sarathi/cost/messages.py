@@ -1,0 +1,47 @@
+"""Sizes of the messages a micro-batch sends between pipeline stages.
+
+The runtime's transport (``runtime/wire.py`` and the stage link) lays its messages out with
+these constants and the cost model prices them with the same ones, so the two cannot drift.
+Every integer on the wire is an int64.
+"""
+from __future__ import annotations
+
+INT_BYTES = 8
+# Forward hop: a fixed header [plan_id, meta_len, num_tokens], then the plan metadata, then
+# the hidden states [num_tokens, hidden_size].
+HOP_HEADER_INTS = 3
+# Plan metadata: [plan_id, num_parts], then per part PART_FIELDS ints and its block table.
+PLAN_HEADER_INTS = 2
+PART_FIELDS = 7  # seq_index, start, num_tokens, is_prefill, sample, output_index, num_blocks
+# Return from the last stage to rank 0: [plan_id, n], then n sampled token ids.
+RESULT_HEADER_INTS = 2
+
+
+def blocks_for(tokens: int, block_size: int) -> int:
+    """KV blocks that hold ``tokens`` tokens (the length of a part's block table)."""
+    return -(-tokens // block_size)
+
+
+def plan_meta_ints(part_ends: list[int], block_size: int) -> int:
+    """Ints of a plan's metadata whose parts end at ``part_ends`` (cached + new tokens): each
+    part sends its fields and a block table covering its tokens."""
+    n = PLAN_HEADER_INTS
+    for end in part_ends:
+        n += PART_FIELDS + blocks_for(end, block_size)
+    return n
+
+
+def activation_bytes(num_tokens: int, hidden_size: int, elem_bytes: int) -> int:
+    """Bytes of the hidden states a stage hands to the next one."""
+    return num_tokens * hidden_size * elem_bytes
+
+
+def hop_message_bytes(meta_ints: int, num_tokens: int, hidden_size: int, elem_bytes: int) -> tuple[int, int, int]:
+    """The three messages of one forward hop: header, plan metadata, hidden states."""
+    return (HOP_HEADER_INTS * INT_BYTES, INT_BYTES * meta_ints,
+            activation_bytes(num_tokens, hidden_size, elem_bytes))
+
+
+def result_message_bytes(num_parts: int) -> tuple[int, int]:
+    """The two messages of the return to rank 0: header and one token id per part."""
+    return RESULT_HEADER_INTS * INT_BYTES, INT_BYTES * num_parts
