@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import multiprocessing as mp
 import os
+import signal
 import time
 import traceback
 from dataclasses import dataclass
@@ -53,6 +54,9 @@ class Job:
 def _stage_main(rank: int, world: int, port: int, spec: SessionSpec, conn) -> None:
     """Body of one session stage process."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
+    # Ctrl-C in a terminal reaches the whole process group: the caller decides (it closes the
+    # session), rather than every stage dying mid-step with its own traceback.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         state = _StageState(rank, world, spec)
         conn.send(("ready", os.getpid()))
@@ -189,7 +193,11 @@ class StageSession:
             raise StageFailure("the stage processes are closed (closed by the caller or after a failure)")
         for rank, conn in enumerate(self._conns):
             self._send(rank, Job(sampling, requests if rank == 0 else []))
-        replies = self._collect("run", None)
+        try:
+            replies = self._collect("run", None)
+        except KeyboardInterrupt:  # the job is still running on the stages: they cannot be reused
+            self.close(grace_s=0.0)
+            raise
         outcome: RunOutcome = replies[0]
         for rank in range(1, self.world):
             outcome.stage_records.extend(replies[rank])
@@ -219,7 +227,10 @@ class StageSession:
                     except (EOFError, OSError):
                         self._fail(f"stage {r} died during {what} ({self._exit_text(r)})")
                     if kind == "error":
-                        self._fail(str(payload))
+                        # A stage's error is most often a peer that died: name the dead one first.
+                        dead = [q for q in range(self.world) if q != r and not self.procs[q].is_alive()]
+                        lead = "".join(f"stage {q} died ({self._exit_text(q)}); " for q in dead)
+                        self._fail(lead + str(payload))
                     replies[r] = payload
                 elif not self.procs[r].is_alive():
                     self._fail(f"stage {r} died during {what} ({self._exit_text(r)})")
