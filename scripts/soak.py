@@ -53,7 +53,7 @@ def soak(policy: str, requests: int, qps: float, out: Path) -> dict:
     for o in outs:
         reasons[o["finish_reason"] or "none"] = reasons.get(o["finish_reason"] or "none", 0) + 1
     # warm-up ends once a quarter of the requests have finished (caches and heaps are touched)
-    growth, rss_end = [], []
+    growth, rss_end, trajectory = [], [], []
     for pid, pts in sorted(samples.items()):
         pts = [p for p in pts if p[1] > 0]
         after = [rss for done, rss in pts if done >= requests // 4]
@@ -61,9 +61,12 @@ def soak(policy: str, requests: int, qps: float, out: Path) -> dict:
             continue
         growth.append(max(after) / after[0] - 1.0)
         rss_end.append(after[-1] / 2**20)
+        # RSS (MB) when 0, 10, ..., 100 % of the requests had finished
+        trajectory.append([round(next((r for d, r in pts if d >= requests * q // 10), pts[-1][1]) / 2**20)
+                           for q in range(11)])
     return {"policy": policy, "rc": proc.returncode, "wall_s": time.monotonic() - t0, "outputs": len(outs),
             "requests": requests, "finish_reasons": reasons, "rss_growth": growth,
-            "rss_mb_end": rss_end,
+            "rss_mb_end": rss_end, "rss_mb_by_decile": trajectory,
             "stderr_tail": err[-500:] if proc.returncode else ""}
 
 

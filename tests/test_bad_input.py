@@ -1,9 +1,13 @@
 """Bad input fails early with a clear message, or ends just the offending request."""
 from __future__ import annotations
 
+import copy
+
 import pytest
 
 from conftest import make_requests, random_prompts, run_engine
+from pp_sarathi.config import (CompareConfig, ModelConfig, ParallelConfig, RunConfig, SamplingConfig,
+                               SchedulerConfig, SimConfig, WorkloadConfig)
 from pp_sarathi.runtime.prepare import prepare
 from pp_sarathi.workload.files import WorkloadFileError
 
@@ -81,14 +85,37 @@ def test_token_id_outside_vocab_ends_only_that_request(llama_ckpt, llama_hf, wor
     assert good.finish_reason == "length" and len(good.output_token_ids) == 3
 
 
-def test_bad_config_values_rejected_before_running(llama_ckpt, workload_file, run_config):
-    wl = workload_file(make_requests([[5, 6, 7]], 2))
-    cfg = run_config(llama_ckpt, wl, chunk_size=0)
-    with pytest.raises(ValueError, match="chunk_size"):
-        prepare(cfg)
-    cfg = run_config(llama_ckpt, wl, dtype="float8")
-    with pytest.raises(ValueError, match="float8"):
-        prepare(cfg)
-    cfg = run_config(llama_ckpt, wl, temperature=-1.0)
-    with pytest.raises(ValueError, match="temperature"):
-        prepare(cfg)
+@pytest.mark.parametrize("build, needle", [
+    (lambda: SchedulerConfig(chunk_size=0), "scheduler.chunk_size must be >= 1"),
+    (lambda: SchedulerConfig(name="round_robin"), "unknown scheduler.name 'round_robin': choose orca, vllm"),
+    (lambda: ModelConfig(dtype="float8"), "unknown model.dtype 'float8': choose float32, bfloat16 or float16"),
+    (lambda: SamplingConfig(temperature=-1.0), "sampling.temperature must be >= 0"),
+    (lambda: SamplingConfig(top_p=0.0), "sampling.top_p must be in (0, 1]"),
+    (lambda: WorkloadConfig(min_len=10, max_len=5), "workload.min_len <= workload.max_len"),
+    (lambda: WorkloadConfig(arrival="poisson", qps=0.0), "workload.qps must be > 0"),
+    (lambda: ParallelConfig(pp=2, partition=[4]), "parallel.partition must be a list of 2 positive"),
+    (lambda: CompareConfig(schedulers=["sarathi", "vllm"]), "include compare.baseline=orca"),
+    (lambda: SimConfig(validate_against="runs/x"), "sim.validate_against needs sim.profile"),
+    (lambda: RunConfig(device="gpu"), "device must be auto, cpu, cuda or cuda:N"),
+])
+def test_bad_config_values_rejected_when_the_config_is_built(build, needle):
+    with pytest.raises(ValueError) as info:
+        build()
+    assert needle in str(info.value)
+
+
+def test_config_assigned_after_building_is_checked_again(llama_ckpt, workload_file, run_config):
+    cfg = run_config(llama_ckpt, workload_file(make_requests([[5, 6, 7]], 2)))
+    cfg.check()
+    assert cfg.model.dtype == "float32" and cfg.scheduler.name == "sarathi"  # plain strings became choices
+    for group, key, value, needle in [("scheduler", "chunk_size", 0, "chunk_size"),
+                                      ("model", "dtype", "float8", "float8"),
+                                      ("sampling", "temperature", -1.0, "temperature")]:
+        bad = copy.deepcopy(cfg)
+        setattr(getattr(bad, group), key, value)
+        with pytest.raises(ValueError, match=needle):
+            bad.check()
+
+
+def test_synthetic_rules_do_not_bind_file_workloads():
+    WorkloadConfig(name="jsonl", num_requests=0, min_len=0)  # the synthetic knobs are unused there

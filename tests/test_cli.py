@@ -76,8 +76,11 @@ def test_run_writes_trace_and_timeline(jsonl_run):
     d, _, r = jsonl_run
     trace = json.loads((d / "trace.json").read_text())
     slices = [e for e in trace["traceEvents"] if e.get("ph") == "X"]
-    assert slices and {e["tid"] for e in slices} == {0}
-    assert {e["cat"] for e in slices} >= {"compute"}
+    stage = [e for e in slices if e["cat"] != "driver"]
+    driver = [e for e in slices if e["cat"] == "driver"]
+    assert stage and {e["tid"] for e in stage} == {0}  # pp=1: one stage track
+    assert {e["cat"] for e in stage} >= {"compute"}
+    assert not {e["tid"] for e in driver} & {0}  # the driver's time is its own track, never the stage's
     assert (d / "timeline.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "throughput" in r.stdout  # the results table
 
@@ -168,3 +171,55 @@ def test_guide_documents_every_config_key_and_preset():
     for img in ("img/timeline_orca_vs_sarathi.png", "img/heatmap_bubble_reduction.png"):
         assert f"]({img})" in guide
         assert (REPO / "docs" / img).stat().st_size < 200_000
+
+
+def test_guide_config_reference_is_generated_from_the_dataclasses():
+    """The tables in docs/guide.md are render()'s output: editing config.py without
+    `python -m pp_sarathi.cli.config_doc --write docs/guide.md` fails here."""
+    from pp_sarathi.cli.config_doc import is_current, render
+
+    assert is_current(REPO / "docs" / "guide.md"), "docs/guide.md is stale: run " \
+        "python -m pp_sarathi.cli.config_doc --write docs/guide.md"
+    rows = [line for line in render().splitlines() if line.startswith("| `")]
+    assert len(rows) > 80
+    undocumented = [row.split("|")[1].strip() for row in rows if not row.split("|")[3].strip()]
+    assert not undocumented, f"config keys without a doc line: {undocumented}"
+
+
+def test_bad_choice_names_the_key_and_the_choices(tmp_path):
+    r = cli(["simulate", "model=tiny", "model.dtype=float8", *QUIET, f"hydra.run.dir={tmp_path / 'run'}"])
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert "model.dtype" in r.stderr and "float32, bfloat16, float16" in r.stderr, r.stderr
+    r = cli(["simulate", "model=tiny", "scheduler.chunk_size=0", *QUIET, f"hydra.run.dir={tmp_path / 'run2'}"])
+    _one_line_error(r, "scheduler.chunk_size must be >= 1")
+    r = cli(["simulate", "model=tiny", "compare.baseline=ft", *QUIET, f"hydra.run.dir={tmp_path / 'run3'}"])
+    _one_line_error(r, "compare.baseline=ft")
+
+
+def test_choices_given_as_overrides_reach_the_run(tmp_path):
+    d = tmp_path / "run"
+    r = cli(["simulate", *TINY, "scheduler=orca", "workload.arrival=poisson", "workload.qps=50",
+             "model.dtype=bfloat16", f"hydra.run.dir={d}"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    cfg = json.loads((d / "results.json").read_text())["config"]
+    assert (cfg["scheduler"]["name"], cfg["workload"]["arrival"], cfg["model"]["dtype"]) == (
+        "orca", "poisson", "bfloat16")
+
+
+def test_compare_of_three_schedulers_measures_each_against_the_baseline(tmp_path):
+    """A third scheduler is one override: every target gets its ratios, the table its lines."""
+    d = tmp_path / "cmp3"
+    r = cli(["simulate", *TINY, "sim.compare=true", "compare.schedulers=[orca,sarathi,sarathi_serve]",
+             f"hydra.run.dir={d}"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    comp = json.loads((d / "compare.json").read_text())
+    assert list(comp["schedulers"]) == ["orca", "sarathi", "sarathi_serve"]
+    assert (comp["baseline"], comp["target"]) == ("orca", "sarathi")
+    assert list(comp["ratios_by_scheduler"]) == ["sarathi", "sarathi_serve"]
+    assert comp["ratios"] == comp["ratios_by_scheduler"]["sarathi"]
+    for name, ratios in comp["ratios_by_scheduler"].items():
+        res, base = comp["schedulers"][name], comp["schedulers"]["orca"]
+        assert ratios["throughput"] == pytest.approx(
+            res["throughput"]["tokens_per_s"] / base["throughput"]["tokens_per_s"])
+        assert f"throughput ({name} / orca)" in r.stdout
+        assert (d / name / "results.json").exists()

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pp_sarathi.cli import report
+from pp_sarathi.cli import report, report_plots
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -175,8 +175,8 @@ def test_report_compare_grid_with_a_failed_and_an_unfinished_point(tmp_path):
     assert report.requests_per_micro_batch({"scheduler.max_batch_size": 9}) == 9
     assert report.requests_per_micro_batch({"scheduler.max_batch_size": 8, "parallel.pp": 2}) == 4
     assert report.requests_per_micro_batch({"scheduler.max_batch_size": 216, "parallel.pp": 8}) == 27
-    assert report._frac_index([5.0, 10.0, 20.0], 10.0) == pytest.approx(1.0)
-    assert 1.0 < report._frac_index([5.0, 10.0, 20.0], 16.0) < 2.0
+    assert report_plots.frac_index([5.0, 10.0, 20.0], 10.0) == pytest.approx(1.0)
+    assert 1.0 < report_plots.frac_index([5.0, 10.0, 20.0], 16.0) < 2.0
 
 
 def test_report_run_sweep_one_axis_draws_lines(tmp_path, capsys):
@@ -204,10 +204,11 @@ def test_report_averages_seed_repeats_and_splits_other_keys(tmp_path):
                 _job(tmp_path, num, [f"scheduler={sched}", f"workload.seed={seed}", f"workload.pd_ratio={pd}"],
                      _config("run", 128, pd), {"results.json": _results(100 + 10 * seed, 1.0, 1.0, 1.0)})
                 num += 1
-    rows, _ = report.collect(tmp_path)
-    groups = report._series(rows)
+    rows, info = report.collect(tmp_path)
+    groups = report_plots.series(rows, info)
     assert list(groups) == ["scheduler=orca", "scheduler=sarathi"]
-    assert report._cell(groups["scheduler=orca"], "throughput_tokens_per_s", 128.0, 2.0) == 105.0
+    cells = report_plots.grid(groups["scheduler=orca"], "throughput_tokens_per_s", [128.0], [2.0, 4.0])
+    assert cells.loc[128.0, 2.0] == 105.0 and cells.loc[128.0, 4.0] == 105.0
     assert len(read_csv(report.report(tmp_path)[0])) == 8
 
 
@@ -222,3 +223,31 @@ def test_report_with_nothing_swept_writes_csv_only(tmp_path, capsys):
 def test_report_empty_dir_is_an_error(tmp_path, capsys):
     assert report.report_main([str(tmp_path)]) == 2
     assert "no jobs" in capsys.readouterr().err
+
+
+def test_report_compare_of_three_schedulers_has_each_targets_ratios(tmp_path):
+    """A third scheduler in compare.schedulers: its ratios get columns and panels of their own."""
+    num = 0
+    for chunk in (64, 128):
+        for pd in (5, 10):
+            res = {"orca": _results(100, 4.0, 80, 50), "sarathi": _results(120, 2.0, 20, 30),
+                   "sarathi_serve": _results(110, 1.0, 40, 40)}
+            by = {name: {"bubble_total": 4.0 / res[name]["bubble"]["total_s"], "bubble_per_request_p50": 1.0,
+                         "throughput": res[name]["throughput"]["tokens_per_s"] / 100}
+                  for name in ("sarathi", "sarathi_serve")}
+            _job(tmp_path, num, [f"scheduler.chunk_size={chunk}", f"workload.pd_ratio={pd}"],
+                 _config("compare", chunk, pd), {"compare.json": {
+                     "schedulers": res, "ratios": by["sarathi"], "baseline": "orca", "target": "sarathi",
+                     "ratios_by_scheduler": by}})
+            num += 1
+    csv_path, plots, _, info = report.report(tmp_path)
+    got = read_csv(csv_path)
+    assert info["targets"] == ["sarathi", "sarathi_serve"]
+    assert float(got[0]["ratio_bubble_total"]) == 2.0 and float(got[0]["sarathi_serve.ratio_bubble_total"]) == 4.0
+    assert float(got[0]["sarathi_serve.ratio_throughput"]) == pytest.approx(1.1)
+    assert "sarathi.ratio_throughput" not in got[0]  # the headline target's are the plain ratio_* columns
+    assert {p.name for p in plots} == {"heatmap_bubble_reduction.png", "heatmap_throughput_ratio.png",
+                                        "heatmap_tbt_p99.png"}
+    specs = {stem: panels for stem, _, panels, _ in report_plots.plot_specs(info)}
+    assert [c for c, _ in specs["throughput_ratio"]] == ["ratio_throughput", "sarathi_serve.ratio_throughput"]
+    assert len(specs["bubble_reduction"]) == 4 and len(specs["tbt_p99"]) == 3

@@ -6,12 +6,10 @@ import weakref
 
 from ..metrics.summary import summarize
 from ..model.source import resolve_checkpoint
-from ..model.text_output import TextOutput
 from ..model.text_support import TextSupport
 from ..runtime.partition import layer_counts, layer_ranges
-from ..runtime.sampler import Sampler
+from ..runtime.prepare import check_devices
 from ..runtime.session import SessionSpec, StageFailure, StageSession
-from ..scheduler import POLICIES
 from ..workload.request import Request
 from .config import build_config
 from .params import GenerateResult, RequestOutput, SamplingParams
@@ -37,12 +35,8 @@ class LLM:
 
     def __init__(self, model=None, pp: int = 2, scheduler: str = "sarathi", **overrides):
         cfg = build_config(model, pp, scheduler, overrides)
-        if cfg.scheduler.name not in POLICIES:
-            raise ValueError(f"unknown scheduler {cfg.scheduler.name!r}; choose one of {sorted(POLICIES)}")
-        if cfg.scheduler.chunk_size < 1 or cfg.scheduler.max_batch_size < 1:
-            raise ValueError("scheduler chunk_size and max_batch_size must be >= 1")
-        if cfg.parallel.backend not in ("auto", "gloo", "nccl"):
-            raise ValueError(f"backend must be auto, gloo or nccl, not {cfg.parallel.backend!r}")
+        cfg.check()  # the config's own rules and choices (config.py), as the CLI applies them
+        check_devices(cfg)
         src = resolve_checkpoint(cfg.model)
         self.cfg, self.arch = cfg, src.arch
         self._text = TextSupport(src.path, src.embedded)
@@ -77,10 +71,9 @@ class LLM:
         prompts = list(prompts)
         if not prompts:
             raise ValueError("generate() needs at least one prompt")
-        sampling = sp.to_config()
-        Sampler(sampling)  # validates temperature, top_p, ...
+        sampling = sp.to_config()  # SamplingConfig's rules check temperature, top_p, stop, ...
         if sampling.stop:
-            TextOutput(self._text.require("SamplingParams.stop"), sampling.stop)
+            self._text.require("SamplingParams.stop")
         requests = [Request(id=str(i), prompt_token_ids=self._prompt_ids(p, i), max_tokens=sp.max_tokens,
                             index=i) for i, p in enumerate(prompts)]
         outcome = self._session.run(requests, sampling)

@@ -1,7 +1,6 @@
 """What each subcommand does, once hydra has composed the config."""
 from __future__ import annotations
 
-import copy
 import functools
 import json
 import logging
@@ -117,36 +116,12 @@ def cmd_run(cfg: RunConfig, cfg_dict: dict, run_dir: str) -> None:
 def cmd_compare(cfg: RunConfig, cfg_dict: dict, run_dir: str) -> None:
     if _distributed_env() is not None:
         raise UserError("compare starts fresh stage processes per scheduler; run it directly, not under torchrun")
-    from ..metrics.compare import compare_ratios
-    from .plots import write_side_by_side
-    from .table import print_compare
+    from .compare import compare_command
 
-    names = list(cfg.compare.schedulers)
-    if cfg.compare.baseline not in names or "sarathi" not in names:
-        raise UserError(f"compare.schedulers {names} must include the baseline "
-                        f"{cfg.compare.baseline!r} and 'sarathi'")
-    results, timelines = {}, {}
-    for name in names:
-        sub_cfg = copy.deepcopy(cfg)
-        sub_cfg.scheduler.name = name
-        sub_dict = copy.deepcopy(cfg_dict)
-        sub_dict["scheduler"]["name"] = name
-        sub_dir = str(Path(run_dir) / name)
-        sub_dict["output_dir"] = sub_dir
-        wandb_cfg = sub_dict.setdefault("logging", {}).setdefault("wandb", {})
-        base = cfg_dict.get("logging", {}).get("wandb", {})
-        wandb_cfg["name"] = f"{base['name']}/{name}" if base.get("name") else name
-        wandb_cfg["group"] = base.get("group") or Path(run_dir).resolve().name  # one group per compare
-        log.info("=== %s ===", name)
-        results[name] = execute(sub_cfg, sub_dict, sub_dir)
-        timelines[name] = load_timeline(sub_dir)
-    summary = {"schedulers": results,
-               "ratios": compare_ratios(results, cfg.compare.baseline, "sarathi")}
-    (Path(run_dir) / "compare.json").write_text(json.dumps(summary, indent=2))
-    if cfg.logging.timeline:
-        write_side_by_side(timelines, Path(run_dir) / "compare_timeline.png")
-    print_compare(results, summary["ratios"], cfg.compare.baseline)
-    log.info("wrote %s/compare.json", run_dir)
+    def run_one(sub_cfg: RunConfig, sub_dict: dict, sub_dir: str):
+        return execute(sub_cfg, sub_dict, sub_dir), load_timeline(sub_dir)
+
+    compare_command(cfg, cfg_dict, run_dir, run_one)
 
 
 def cmd_microbench(cfg: RunConfig, cfg_dict: dict, run_dir: str) -> None:

@@ -68,9 +68,12 @@ def _task(cfg) -> None:
     if multirun:
         SWEEP.point_started(hc, cfg.command)
     try:
-        run_cfg: RunConfig = OmegaConf.to_object(cfg)
+        try:  # builds the dataclasses: their rules run here, before anything starts
+            run_cfg: RunConfig = OmegaConf.to_object(cfg)
+        except ValueError as exc:
+            raise commands.UserError(str(exc)) from None
         run_cfg.output_dir = run_dir
-        cfg_dict = OmegaConf.to_container(cfg, resolve=True)
+        cfg_dict = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
         cfg_dict["output_dir"] = run_dir
         if multirun:
             SWEEP.name_wandb_run(cfg_dict, hc)

@@ -15,67 +15,38 @@ the first ``sim.trace_max_batches`` of them (results.json always covers the whol
 """
 from __future__ import annotations
 
-import copy
 import glob
 import json
 import logging
-from dataclasses import asdict
 from pathlib import Path
 
 from ..config import RunConfig
 from ..metrics.records import RunOutcome
 from ..cost import make_cost_model
-from ..sim.simulate import run_simulation, sim_arch, simulate_compare, simulation_results
+from ..sim.simulate import run_simulation, sim_arch, simulation_results
+from .artifacts import window, write_run_artifacts
 
 log = logging.getLogger("pp_sarathi")
 
 
-def window(outcome: RunOutcome, max_batches: int) -> RunOutcome:
-    """The outcome restricted to the micro-batches with the ``max_batches`` lowest ids."""
-    if max_batches <= 0 or len(outcome.batches) <= max_batches:
-        return outcome
-    keep = {b.batch_id for b in sorted(outcome.batches, key=lambda b: b.batch_id)[:max_batches]}
-    return RunOutcome(sequences=[], batches=[b for b in outcome.batches if b.batch_id in keep],
-                      stage_records=[r for r in outcome.stage_records if r.batch_id in keep],
-                      num_stages=outcome.num_stages, wall_s=max((b.done_at for b in outcome.batches
-                                                                  if b.batch_id in keep), default=0.0),
-                      layer_ranges=outcome.layer_ranges, device=outcome.device)
-
-
 def write_sim_artifacts(outcome: RunOutcome, results: dict, config: dict, run_dir: str | Path,
-                        max_batches: int) -> None:
-    d = Path(run_dir)
-    d.mkdir(parents=True, exist_ok=True)
-    (d / "results.json").write_text(json.dumps(results, indent=2))
+                        max_batches: int) -> RunOutcome:
+    """A simulated run's files: the first ``max_batches`` micro-batches shown (0 = all)."""
     shown = window(outcome, max_batches)
-    (d / "timeline.json").write_text(json.dumps({
-        "num_stages": shown.num_stages, "wall_s": shown.wall_s, "device": shown.device,
-        "layer_ranges": shown.layer_ranges, "batches": [asdict(b) for b in shown.batches],
-        "stage_records": [r.to_dict() for r in shown.stage_records],
-        "window": {"batches": len(shown.batches), "of": len(outcome.batches)}}))
-    log_cfg = config.get("logging", {})
-    if log_cfg.get("trace", True):
-        from ..metrics.trace import write_trace
-        write_trace(shown, d / "trace.json")
+    suffix = "" if shown is outcome else f", first {len(shown.batches)} of {len(outcome.batches)} micro-batches"
     name = config.get("scheduler", {}).get("name", "")
-    if log_cfg.get("timeline", True) and shown.stage_records:
-        from .plots import write_timeline
-        suffix = "" if shown is outcome else f", first {len(shown.batches)} of {len(outcome.batches)} micro-batches"
-        write_timeline(shown, d / "timeline.png", f"simulated {name} pp={outcome.num_stages}{suffix}")
-    if log_cfg.get("wandb", {}).get("mode", "disabled") != "disabled":
-        from .wandb_log import log_run
-        log_run(shown, results, config, d)
+    write_run_artifacts(outcome, results, config, run_dir, f"simulated {name} pp={outcome.num_stages}{suffix}",
+                        shown)
+    return shown
 
 
 def simulate_command(cfg: RunConfig, cfg_dict: dict, run_dir: str) -> dict:
     """Entry point of ``pp-sarathi simulate``; returns results.json or compare.json content."""
-    from .table import print_compare, print_results
+    from .table import print_results
 
     max_batches = cfg.sim.trace_max_batches
     if cfg.sim.validate_against:
         from ..sim.fidelity import fidelity_over_repeats, fidelity_report
-        if not cfg.sim.profile:
-            raise ValueError("sim.validate_against needs sim.profile (a profile taken on the real run's machine)")
         dirs, missing = [], []
         for item in (d.strip() for d in str(cfg.sim.validate_against).split(",")):
             found = sorted(glob.glob(item)) if item else []
@@ -106,33 +77,14 @@ def simulate_command(cfg: RunConfig, cfg_dict: dict, run_dir: str) -> dict:
         log.info("simulated %d micro-batches (%.1f s of %s) in %.1f s; wrote %s", len(out.batches),
                  out.wall_s, out.device, out.sim.info["host_s"], run_dir)
         return results
-    names = list(cfg.compare.schedulers)
-    summary = simulate_compare(cfg, names, cfg.compare.baseline, "sarathi", cfg_dict, keep_outcomes=True)
-    outcomes = summary.pop("_outcomes")
-    shown = {}
-    for name in names:
-        sub = copy.deepcopy(cfg_dict)
-        sub.setdefault("scheduler", {})["name"] = name
-        sub["output_dir"] = str(Path(run_dir) / name)
-        write_sim_artifacts(outcomes[name], summary["schedulers"][name], sub, Path(run_dir) / name, max_batches)
-        shown[name] = window(outcomes[name], max_batches)
-    Path(run_dir).mkdir(parents=True, exist_ok=True)
-    (Path(run_dir) / "compare.json").write_text(json.dumps(summary, indent=2))
-    if cfg.logging.timeline:
-        from .plots import write_side_by_side
-        write_side_by_side(shown, Path(run_dir) / "compare_timeline.png")
-    print_compare(summary["schedulers"], summary["ratios"], cfg.compare.baseline)
-    log.info("wrote %s/compare.json", run_dir)
-    return summary
+    from .compare import compare_command
+    cost = make_cost_model(cfg, sim_arch(cfg))  # one cost model (and one profile read) for all
 
+    def run_one(sub_cfg: RunConfig, sub_dict: dict, sub_dir: str):
+        out = run_simulation(sub_cfg, cost)
+        log.info("[sim %s] %d micro-batches, %.1f s simulated in %.1f s", sub_cfg.scheduler.name,
+                 len(out.batches), out.wall_s, out.sim.info["host_s"])
+        results = simulation_results(out, sub_dict)
+        return results, write_sim_artifacts(out, results, sub_dict, sub_dir, max_batches)
 
-def profile_errors_command(cfg: RunConfig, run_dir: str) -> dict:
-    """Held-out error of the profile cost model (``sim.profile``) -> ``profile_errors.json``."""
-    from ..cost import holdout_errors
-    if not cfg.sim.profile:
-        raise ValueError("set sim.profile=PATH to a profile CSV")
-    make_cost_model(cfg, sim_arch(cfg))  # checks the shape matches
-    errs = holdout_errors(cfg.sim.profile)
-    Path(run_dir).mkdir(parents=True, exist_ok=True)
-    (Path(run_dir) / "profile_errors.json").write_text(json.dumps(errs, indent=2))
-    return errs
+    return compare_command(cfg, cfg_dict, run_dir, run_one)

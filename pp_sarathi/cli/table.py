@@ -31,12 +31,16 @@ def print_results(results: dict[str, dict]) -> None:
         print(label.ljust(width) + "".join(get(results[n]).rjust(col) for n in names))
 
 
-def print_compare(results: dict[str, dict], ratios: dict, baseline: str) -> None:
-    print_results(results)
-    print()
-    for key, value in ratios.items():
-        print(f"{key} ({'baseline' if 'bubble' in key else 'sarathi'} / "
-              f"{'sarathi' if 'bubble' in key else baseline}): {_fmt(value, 2)}x")
+def print_compare(summary: dict) -> None:
+    """compare.json on the terminal: every scheduler's results, then each target's ratios
+    against the baseline (greater than 1 = the target is better)."""
+    print_results(summary["schedulers"])
+    base = summary["baseline"]
+    for name, ratios in summary["ratios_by_scheduler"].items():
+        print()
+        for key, value in ratios.items():
+            num, den = (base, name) if "bubble" in key else (name, base)
+            print(f"{key} ({num} / {den}): {_fmt(value, 2)}x")
 
 
 def print_texts(outputs_path, limit: int = 4) -> None:

@@ -1,7 +1,8 @@
 """Sizes of the messages a micro-batch sends between pipeline stages.
 
-The runtime's transport (``runtime/wire.py`` and the stage link) lays its messages out with
-these constants and the cost model prices them with the same ones, so the two cannot drift.
+The runtime's transport (``runtime/transport.py``: plan encoding and stage link) lays its
+messages out with these constants and the cost model prices them with the same ones, so the
+two cannot drift.
 Every integer on the wire is an int64.
 """
 from __future__ import annotations

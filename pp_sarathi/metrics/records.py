@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field
 from ..scheduler.sequence import Sequence
 
 
-@dataclass
+@dataclass(slots=True)
 class StageRecord:
     """What one stage did for one micro-batch."""
 
@@ -27,7 +27,7 @@ class StageRecord:
         return asdict(self)
 
 
-@dataclass
+@dataclass(slots=True)
 class BatchRecord:
     """One micro-batch as the driver saw it."""
 
@@ -41,7 +41,7 @@ class BatchRecord:
     request_indices: list[int]
 
 
-@dataclass
+@dataclass(slots=True)
 class DriverSpan:
     """A stretch of work by the driver (rank 0's scheduler side), on its own track.
 
@@ -53,7 +53,7 @@ class DriverSpan:
     end: float
 
 
-@dataclass
+@dataclass(slots=True)
 class SimInfo:
     """What only a simulated run knows."""
 
@@ -62,7 +62,7 @@ class SimInfo:
     jitter_factor: dict[int, list[float]] = field(default_factory=dict)
 
 
-@dataclass
+@dataclass(slots=True)
 class RunOutcome:
     sequences: list[Sequence]  # in input order
     batches: list[BatchRecord]

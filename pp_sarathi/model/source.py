@@ -70,8 +70,6 @@ def resolve_checkpoint(mcfg: ModelConfig) -> ModelSource:
     if is_gguf(path):
         from .gguf_loader import check_gguf_tensors
         check_gguf_tensors(path, arch)
-    if mcfg.max_model_len < 0:
-        raise ValueError(f"model.max_model_len must be >= 0, got {mcfg.max_model_len}")
     if 0 < mcfg.max_model_len < arch.max_position_embeddings:
         arch = dataclasses.replace(arch, max_position_embeddings=mcfg.max_model_len)
     return ModelSource(path, arch, embedded)

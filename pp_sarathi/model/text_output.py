@@ -13,9 +13,7 @@ class TextOutput:
     """
 
     def __init__(self, tokenizer: Tokenizer, stop: list[str] | tuple[str, ...] = ()):
-        bad = [s for s in stop if not isinstance(s, str) or not s]
-        if bad:
-            raise ValueError(f"sampling.stop must hold non-empty strings, got {bad!r}")
+        # The strings themselves are checked where the config is built (config.SamplingConfig).
         self.tokenizer = tokenizer
         self.stop = tuple(stop)
 

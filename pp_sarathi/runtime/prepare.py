@@ -48,10 +48,7 @@ def check_devices(cfg: RunConfig) -> None:
 
 def prepare(cfg: RunConfig) -> Prepared:
     """Validate the config, write/locate the model, read the workload: fail here, early."""
-    if cfg.scheduler.chunk_size < 1:
-        raise ValueError(f"scheduler.chunk_size must be >= 1, got {cfg.scheduler.chunk_size}")
-    if cfg.parallel.backend not in ("auto", "gloo", "nccl"):
-        raise ValueError(f"parallel.backend must be auto, gloo or nccl, not {cfg.parallel.backend!r}")
+    cfg.check()  # the config's own rules (config.py), again: fields may have been set since
     Sampler(cfg.sampling)  # validates sampling settings
     check_devices(cfg)
     src = resolve_checkpoint(cfg.model)
@@ -59,7 +56,7 @@ def prepare(cfg: RunConfig) -> Prepared:
     ranges = layer_ranges(layer_counts(arch, cfg.parallel.pp, cfg.parallel.partition))
     text = TextSupport(path, src.embedded)
     if cfg.sampling.stop:
-        TextOutput(text.require("sampling.stop"), cfg.sampling.stop)  # validates the strings
+        text.require("sampling.stop")
     requests = load_workload(cfg.workload, arch.vocab_size, arch.eos_token_ids, text.encode)
     return Prepared(cfg, path, arch, requests, ranges, text.tokenizer)
 

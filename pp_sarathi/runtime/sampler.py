@@ -20,12 +20,6 @@ def draw_seed(seed: int, seq_index: int, output_index: int) -> int:
 
 class Sampler:
     def __init__(self, cfg: SamplingConfig):
-        if cfg.temperature < 0:
-            raise ValueError("sampling.temperature must be >= 0")
-        if not 0 < cfg.top_p <= 1:
-            raise ValueError("sampling.top_p must be in (0, 1]")
-        if cfg.top_k < 0 or cfg.logprobs < 0:
-            raise ValueError("sampling.top_k and sampling.logprobs must be >= 0")
         self.cfg = cfg
 
     def __call__(self, logits: torch.Tensor, keys: list[tuple[int, int]]) -> list[SampleResult]:

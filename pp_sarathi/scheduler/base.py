@@ -30,12 +30,6 @@ class Scheduler:
 
     def __init__(self, cfg: SchedulerConfig, blocks: BlockManager, max_model_len: int,
                  max_inflight: int = 1, eos_token_ids: tuple[int, ...] = (), ignore_eos: bool = False):
-        if cfg.chunk_size < 1:
-            raise ValueError(f"scheduler.chunk_size must be >= 1, got {cfg.chunk_size}")
-        if cfg.max_batch_size < 1:
-            raise ValueError(f"scheduler.max_batch_size must be >= 1, got {cfg.max_batch_size}")
-        if cfg.tile_size < 1:
-            raise ValueError(f"scheduler.tile_size must be >= 1, got {cfg.tile_size}")
         self.cfg = cfg
         self.blocks = blocks
         self.max_model_len = max_model_len
@@ -119,10 +113,6 @@ class Scheduler:
     def schedulable_prefills(self) -> list[Sequence]:
         """Admitted requests with prompt tokens left (partial prefills), oldest first."""
         return [s for s in self.running if not s.in_flight and s.is_prefill]
-
-    @property
-    def num_in_flight(self) -> int:
-        return sum(1 for s in self.running if s.in_flight)
 
     # ---- results back ----------------------------------------------------------------
     def on_batch_done(self, plan: BatchPlan, results: list[SampleResult | None], now: float) -> list[Sequence]:

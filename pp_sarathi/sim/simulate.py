@@ -1,7 +1,7 @@
 """Simulate a run: the real scheduler and driver loop over a simulated pipeline.
 
     run_simulation(cfg)            -> RunOutcome (summarize() it like a real run)
-    simulate_compare(cfg, names)   -> compare.json content (results per scheduler + ratios)
+    simulate_compare(cfg)          -> compare.json content (results per scheduler + ratios)
 """
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from ..config import RunConfig
-from ..metrics.compare import compare_ratios
+from ..config import CompareConfig, RunConfig
+from ..metrics.compare import run_compare
 from ..metrics.summary import summarize
 from ..model.arch import ModelArch
 from ..model.checkpoint import checkpoint_arch
@@ -66,8 +66,6 @@ def run_simulation(cfg: RunConfig, cost: CostModel | None = None, on_finished=No
     The returned outcome carries ``sim`` (a SimInfo: info dict: cost model, host seconds, KV check).
     """
     host_t0 = time.perf_counter()
-    if cfg.scheduler.chunk_size < 1:
-        raise ValueError(f"scheduler.chunk_size must be >= 1, got {cfg.scheduler.chunk_size}")
     arch = sim_arch(cfg)
     pp = cfg.parallel.pp
     counts = layer_counts(arch, pp, cfg.parallel.partition)
@@ -143,35 +141,29 @@ def simulation_results(outcome: RunOutcome, config: dict | None = None) -> dict:
 
 
 def simulate_compare(cfg: RunConfig, schedulers: list[str] | None = None, baseline: str | None = None,
-                     target: str = "sarathi", config: dict | None = None,
-                     keep_outcomes: bool = False) -> dict:
-    """Simulate the same workload under several schedulers (default ``cfg.compare.schedulers``)
-    and return compare.json's content: ``{"schedulers": {name: results}, "ratios": {...}}``.
-
-    ``ratios`` = :func:`pp_sarathi.metrics.compare.compare_ratios` (baseline / target for
-    bubbles, target / baseline for throughput). With ``keep_outcomes`` the RunOutcomes are
-    returned under the (non-JSON) key ``"_outcomes"``.
+                     config: dict | None = None, keep_outcomes: bool = False) -> dict:
+    """Simulate the same workload under several schedulers (default ``cfg.compare.schedulers``,
+    against ``cfg.compare.baseline``) and return compare.json's content
+    (:func:`pp_sarathi.metrics.compare.compare_summary`). ``config``: the resolved config dict
+    each scheduler's results record (default: ``cfg`` as a dict). With ``keep_outcomes`` the
+    RunOutcomes are returned under the (non-JSON) key ``"_outcomes"``.
     """
-    names = list(schedulers or cfg.compare.schedulers)
-    baseline = baseline or cfg.compare.baseline
-    if baseline not in names or target not in names:
-        raise ValueError(f"schedulers {names} must include the baseline {baseline!r} and {target!r}")
-    arch = sim_arch(cfg)
-    cost = make_cost_model(cfg, arch)
-    results, outcomes = {}, {}
-    for name in names:
-        sub = copy.deepcopy(cfg)
-        sub.scheduler.name = name
+    if schedulers is not None or baseline is not None:
+        cfg = copy.deepcopy(cfg)
+        cfg.compare = CompareConfig(schedulers=list(schedulers or cfg.compare.schedulers),
+                                    baseline=baseline or cfg.compare.baseline)
+    cost = make_cost_model(cfg, sim_arch(cfg))  # one cost model (and one profile read) for all
+    outcomes = {}
+
+    def run_one(name: str, sub: RunConfig) -> dict:
         sub_config = copy.deepcopy(config) if config is not None else _config_dict(sub)
         sub_config.setdefault("scheduler", {})["name"] = name
-        out = run_simulation(sub, cost)
-        results[name] = simulation_results(out, sub_config)
+        out = outcomes[name] = run_simulation(sub, cost)
         log.info("[sim %s] %d micro-batches, %.1f s simulated in %.1f s", name, len(out.batches),
                  out.wall_s, out.sim.info["host_s"])
-        if keep_outcomes:
-            outcomes[name] = out
-    summary = {"schedulers": results, "ratios": compare_ratios(results, baseline, target),
-               "baseline": baseline, "target": target}
+        return simulation_results(out, sub_config)
+
+    summary = run_compare(cfg, run_one)
     if keep_outcomes:
         summary["_outcomes"] = outcomes
     return summary

@@ -1,7 +1,7 @@
 """A request as the workload describes it (what to run), before any scheduling state."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 
 @dataclass
@@ -13,4 +13,3 @@ class Request:
     index: int = 0  # position in the input; outputs keep this order
     error: str | None = None  # set when the request cannot run (it still gets an output line)
     ignore_eos: bool = False  # synthetic/trace lengths are exact: generate max_tokens whatever comes
-    meta: dict = field(default_factory=dict)

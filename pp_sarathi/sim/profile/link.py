@@ -38,7 +38,7 @@ class LinkStage:
     def __init__(self, cfg: RunConfig, arch, rank: int, world: int, blocks: int):
         start, end = layer_ranges(layer_counts(arch, world, cfg.parallel.partition))[rank]
         self.ex = stage_executor(cfg, arch, torch.device("cpu"), start, end, blocks)
-        self.is_first, self.is_last = self.ex.is_first, self.ex.is_last
+        self.is_first, self.is_last, self.device = self.ex.is_first, self.ex.is_last, self.ex.device
         self.calls = 0
         self._spin = torch.randn(128, 128)
 
