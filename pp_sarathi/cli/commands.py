@@ -107,8 +107,9 @@ def _ranges_text(ranges) -> str:
 def cmd_run(cfg: RunConfig, cfg_dict: dict, run_dir: str) -> None:
     results = execute(cfg, cfg_dict, run_dir)
     if results is not None:
-        from .table import print_results
+        from .table import print_results, print_texts
         print_results({cfg.scheduler.name: results})
+        print_texts(Path(run_dir) / "outputs.jsonl")
         log.info("wrote %s", run_dir)
 
 

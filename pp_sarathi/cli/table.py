@@ -41,3 +41,17 @@ def print_compare(summary: dict) -> None:
         for key, value in ratios.items():
             num, den = (base, name) if "bubble" in key else (name, base)
             print(f"{key} ({num} / {den}): {_fmt(value, 2)}x")
+
+
+def print_texts(outputs_path, limit: int = 4) -> None:
+    """The first generated texts of a run (when the model has a tokenizer)."""
+    import json
+    from pathlib import Path
+
+    p = Path(outputs_path)
+    if not p.is_file():
+        return
+    recs = [json.loads(line) for line in p.read_text().splitlines()[:limit]]
+    for rec in recs:
+        if "text" in rec:
+            print(f"[{rec['id']}] ({rec['finish_reason']}) {rec['text']!r}")

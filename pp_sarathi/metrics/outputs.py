@@ -14,6 +14,8 @@ def output_record(seq: Sequence, with_logprobs: bool) -> dict:
         "output_token_ids": seq.output_token_ids,
         "finish_reason": seq.finish_reason,
     }
+    if seq.text is not None:
+        rec["text"] = seq.text
     if with_logprobs:
         rec["logprobs"] = [{str(k): v for k, v in lp.items()} for lp in seq.logprobs]
     return rec

@@ -1,6 +1,7 @@
 """Architecture description read from an HF ``config.json`` (transformers 4.x and 5.x keys)."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
@@ -150,11 +151,21 @@ class ModelArch:
 
     @classmethod
     def from_pretrained(cls, path: str | Path) -> "ModelArch":
+        """From an HF checkpoint dir (config.json, generation_config.json); for any checkpoint
+        (a ``.gguf`` file too) use :func:`pp_sarathi.model.checkpoint.checkpoint_arch`."""
         path = Path(path)
         cfg_file = path / "config.json"
         if not cfg_file.is_file():
             raise FileNotFoundError(f"model path {str(path)!r} has no config.json")
-        return cls.from_hf_dict(json.loads(cfg_file.read_text()))
+        arch = cls.from_hf_dict(json.loads(cfg_file.read_text()))
+        # Chat models often list their end-of-turn token only in generation_config.json.
+        gen_file = path / "generation_config.json"
+        if gen_file.is_file():
+            eos = json.loads(gen_file.read_text()).get("eos_token_id")
+            more = eos if isinstance(eos, list) else ([] if eos is None else [eos])
+            ids = tuple(dict.fromkeys([*arch.eos_token_ids, *(int(e) for e in more)]))
+            arch = dataclasses.replace(arch, eos_token_ids=ids)
+        return arch
 
 
 def rope_tables(arch: ModelArch):

@@ -13,15 +13,13 @@ import torch
 from safetensors import safe_open
 
 from .arch import ModelArch
+from .checkpoint import checkpoint_arch, is_gguf
+from .errors import CheckpointError
 from .llama import StageModel
 from .shapes import DTYPE_BYTES
 
 # The torch dtype of each dtype name the runtime computes in.
 DTYPES = {name: getattr(torch, name) for name in DTYPE_BYTES}
-
-
-class CheckpointError(ValueError):
-    """A checkpoint lacks a tensor or holds one of the wrong shape."""
 
 
 @dataclass
@@ -78,14 +76,36 @@ def _hf_names(arch: ModelArch, start: int, end: int) -> dict[str, list[str]]:
 def load_stage(path: str | Path, start: int, end: int, dtype: str = "float32",
                device: str | torch.device = "cpu", arch: ModelArch | None = None,
                report: LoadReport | None = None) -> StageModel:
-    """Build the :class:`StageModel` for layers ``[start, end)`` and fill it from ``path``."""
+    """Build the :class:`StageModel` for layers ``[start, end)`` and fill it from ``path``
+    (an HF checkpoint dir or a ``.gguf`` file)."""
     path = Path(path)
-    arch = arch or ModelArch.from_pretrained(path)
+    arch = arch or checkpoint_arch(path)
     torch_dtype = parse_dtype(dtype)
-    weight_map = _weight_map(path)
     with torch.device("meta"):
         model = StageModel(arch, start, end)
+    if is_gguf(path):
+        from .gguf_loader import gguf_stage_state
+        state = gguf_stage_state(path, arch, start, end, report)
+        where = "the GGUF metadata"
+    else:
+        state = _hf_stage_state(path, arch, start, end, report)
+        where = "config.json"
     params = dict(model.named_parameters())
+    for ours, (tensor, detail) in state.items():
+        expected = tuple(params[ours].shape)
+        if tuple(tensor.shape) != expected:
+            raise CheckpointError(f"shape mismatch for {detail}: expected {expected} in total "
+                                  f"for {ours} from {where}")
+    model = model.to(torch_dtype).to_empty(device=device)
+    model.load_state_dict({k: t.to(torch_dtype) for k, (t, _) in state.items()}, strict=False)
+    model.reset_rope()
+    return model.eval()
+
+
+def _hf_stage_state(path: Path, arch: ModelArch, start: int, end: int,
+                    report: LoadReport | None) -> dict[str, tuple[torch.Tensor, str]]:
+    """Our parameter name -> (tensor, what it was made of) for one stage of a safetensors checkpoint."""
+    weight_map = _weight_map(path)
     wanted = _hf_names(arch, start, end)
     missing = [n for parts in wanted.values() for n in parts if n not in weight_map]
     if arch.tie_word_embeddings and "lm_head.weight" in weight_map and end == arch.num_layers:
@@ -116,13 +136,5 @@ def load_stage(path: str | Path, start: int, end: int, dtype: str = "float32",
     state = {}
     for ours, parts in wanted.items():
         tensor = torch.cat([raw[p] for p in parts], dim=0) if len(parts) > 1 else raw[parts[0]]
-        expected = tuple(params[ours].shape)
-        if tuple(tensor.shape) != expected:
-            detail = ", ".join(f"{p} {tuple(raw[p].shape)}" for p in parts)
-            raise CheckpointError(f"shape mismatch for {detail}: expected {expected} in total "
-                                  f"for {ours} from config.json")
-        state[ours] = tensor.to(torch_dtype)
-    model = model.to(torch_dtype).to_empty(device=device)
-    model.load_state_dict(state, strict=False)
-    model.reset_rope()
-    return model.eval()
+        state[ours] = (tensor, ", ".join(f"{p} {tuple(raw[p].shape)}" for p in parts))
+    return state

@@ -6,11 +6,15 @@ from pathlib import Path
 
 from ..config import RunConfig
 from ..model.arch import ModelArch
+from ..model.source import resolve_checkpoint
+from ..model.text_output import TextOutput
+from ..model.text_support import TextSupport
+from ..model.tokenizer import Tokenizer
 from ..scheduler import BlockManager, Scheduler, make_scheduler
 from ..workload import Request, load_workload
 from .partition import layer_counts, layer_ranges
 from .sampler import Sampler
-from .stage import num_kv_blocks, resolve_model
+from .stage import num_kv_blocks
 
 
 @dataclass
@@ -22,6 +26,7 @@ class Prepared:
     arch: ModelArch
     requests: list[Request]
     layer_ranges: list[tuple[int, int]]
+    tokenizer: Tokenizer | None = None  # the checkpoint's, when it has one (text outputs, stops)
 
 
 def check_devices(cfg: RunConfig) -> None:
@@ -46,10 +51,14 @@ def prepare(cfg: RunConfig) -> Prepared:
     cfg.check()  # the config's own rules (config.py), again: fields may have been set since
     Sampler(cfg.sampling)  # validates sampling settings
     check_devices(cfg)
-    path, arch = resolve_model(cfg.model)
+    src = resolve_checkpoint(cfg.model)
+    path, arch = src.path, src.arch
     ranges = layer_ranges(layer_counts(arch, cfg.parallel.pp, cfg.parallel.partition))
-    requests = load_workload(cfg.workload, arch.vocab_size, arch.eos_token_ids)
-    return Prepared(cfg, path, arch, requests, ranges)
+    text = TextSupport(path, src.embedded)
+    if cfg.sampling.stop:
+        text.require("sampling.stop")
+    requests = load_workload(cfg.workload, arch.vocab_size, arch.eos_token_ids, text.encode)
+    return Prepared(cfg, path, arch, requests, ranges, text.tokenizer)
 
 
 def new_scheduler(prep: Prepared) -> Scheduler:
@@ -57,5 +66,7 @@ def new_scheduler(prep: Prepared) -> Scheduler:
     blocks = BlockManager(num_kv_blocks(cfg, prep.arch), cfg.cache.block_size)
     sched = make_scheduler(cfg.scheduler, blocks, prep.arch.max_position_embeddings, cfg.parallel.pp,
                            prep.arch.eos_token_ids, cfg.sampling.ignore_eos)
+    if prep.tokenizer is not None:
+        sched.text = TextOutput(prep.tokenizer, cfg.sampling.stop)
     sched.add_requests(prep.requests, prep.arch.vocab_size)
     return sched

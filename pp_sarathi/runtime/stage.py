@@ -8,24 +8,18 @@ import torch
 
 from ..config import ModelConfig, RunConfig
 from ..model.arch import ModelArch
-from ..model.loader import load_stage, parse_dtype
+from ..model.loader import load_stage
 from ..metrics.timing import StageTimeline
-from ..model.preset import materialize
+from ..model.source import resolve_checkpoint
 from .executor import StageExecutor
 from .sampler import Sampler
 from .transport import HEARTBEAT, STOP, StageLink
 
 
 def resolve_model(mcfg: ModelConfig) -> tuple[Path, ModelArch]:
-    """The checkpoint dir (written first for the embedded presets) and its architecture."""
-    if mcfg.path:
-        path = Path(mcfg.path).expanduser()
-        if not path.is_dir():
-            raise FileNotFoundError(f"model.path {mcfg.path!r} does not exist or is not a directory")
-    else:
-        path = materialize(mcfg)
-    parse_dtype(mcfg.dtype)
-    return path, ModelArch.from_pretrained(path)
+    """The checkpoint (dir or .gguf; written first for the embedded presets) and its architecture."""
+    src = resolve_checkpoint(mcfg)
+    return src.path, src.arch
 
 
 def pick_device(cfg: RunConfig, local_rank: int = 0) -> torch.device:

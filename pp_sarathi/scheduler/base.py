@@ -24,6 +24,9 @@ class Scheduler:
     name = "base"
     #: Reserve KV for the whole request (prompt + max_tokens) on admission instead of on demand.
     reserve_full_request = False
+    #: Set when a tokenizer is known (model.text_output.TextOutput): stop strings end requests
+    #: and finished sequences get their ``text``. Duck-typed so the scheduler stays torch-free.
+    text = None
 
     def __init__(self, cfg: SchedulerConfig, blocks: BlockManager, max_model_len: int,
                  max_inflight: int = 1, eos_token_ids: tuple[int, ...] = (), ignore_eos: bool = False):
@@ -50,6 +53,8 @@ class Scheduler:
                 seq.status = SeqStatus.FINISHED
                 seq.finish_reason = f"error: {reason}"
                 seq.finish_time = req.arrival_time
+                if self.text is not None:
+                    seq.text = ""
                 continue
             self.pending.append(seq)
             self._num_unfinished += 1
@@ -133,6 +138,9 @@ class Scheduler:
             reason = None
             if res.token_id in self.eos and not seq.request.ignore_eos:
                 reason = "stop"
+            elif (self.text is not None and not seq.request.ignore_eos
+                  and self.text.stop_hit(seq.output_token_ids)):
+                reason = "stop"
             elif len(seq.output_token_ids) >= seq.request.max_tokens or seq.num_tokens >= self.max_model_len:
                 reason = "length"
             if reason:
@@ -144,6 +152,8 @@ class Scheduler:
         seq.status = SeqStatus.FINISHED
         seq.finish_reason = reason
         seq.finish_time = now
+        if self.text is not None:
+            seq.text = self.text.final_text(seq.output_token_ids, reason)
         self.blocks.free(seq)
         self.running.remove(seq)
         self._num_unfinished -= 1
@@ -155,6 +165,8 @@ class Scheduler:
                 seq.status = SeqStatus.FINISHED
                 seq.finish_reason = f"error: {reason}"
                 seq.finish_time = now
+                if self.text is not None:
+                    seq.text = self.text.final_text(seq.output_token_ids, seq.finish_reason)
         self.running.clear()
         self.waiting.clear()
         self.pending.clear()

@@ -25,6 +25,7 @@ class Sequence:
     block_table: list[int] = field(default_factory=list)
     in_flight: bool = False  # part of a micro-batch that has not come back yet
     finish_reason: str | None = None
+    text: str | None = None  # decoded output, set on finishing when a tokenizer is known
     # Metrics (seconds since the run started).
     first_scheduled_time: float | None = None
     first_token_time: float | None = None

@@ -9,11 +9,13 @@ import copy
 import logging
 import time
 from dataclasses import asdict
+from pathlib import Path
 
 from ..config import CompareConfig, RunConfig
 from ..metrics.compare import run_compare
 from ..metrics.summary import summarize
 from ..model.arch import ModelArch
+from ..model.checkpoint import checkpoint_arch
 from ..runtime.driver import drive
 from ..metrics.records import RunOutcome, SimInfo
 from ..runtime.partition import layer_counts, layer_ranges
@@ -29,6 +31,8 @@ log = logging.getLogger("pp_sarathi")
 def sim_arch(cfg: RunConfig) -> ModelArch:
     """The model's shape without weights: from ``model.path``'s config.json when set, else the
     preset fields ``cfg.model.*`` (nothing is written or loaded)."""
+    if cfg.model.path:  # HF dir or .gguf: metadata only
+        return checkpoint_arch(Path(cfg.model.path).expanduser())
     return ModelArch.from_config(cfg.model)
 
 

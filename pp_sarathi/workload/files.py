@@ -29,7 +29,8 @@ def _is_int(x) -> bool:
 
 
 def jsonl_requests(path: str | None, default_max_tokens: int, tokenize=None) -> list[Request]:
-    """``{"id", "prompt_token_ids" | "prompt", "max_tokens"}`` per line."""
+    """``{"id", "prompt_token_ids" | "prompt", "max_tokens"}`` per line; ``tokenize(text)``
+    turns a text prompt into ids (it raises ValueError naming what is missing when it cannot)."""
     p = _require(path, "jsonl")
     out: list[Request] = []
     seen: set[str] = set()
@@ -52,9 +53,16 @@ def jsonl_requests(path: str | None, default_max_tokens: int, tokenize=None) -> 
             if not isinstance(ids, list) or not ids or not all(_is_int(t) and t >= 0 for t in ids):
                 raise WorkloadFileError(f"{where}: prompt_token_ids must be a non-empty list of token ids")
         elif "prompt" in obj:
+            if not isinstance(obj["prompt"], str) or not obj["prompt"]:
+                raise WorkloadFileError(f"{where}: prompt must be a non-empty string")
             if tokenize is None:
                 raise WorkloadFileError(f"{where}: text prompts need a tokenizer; give prompt_token_ids")
-            ids = tokenize(obj["prompt"])
+            try:
+                ids = tokenize(obj["prompt"])
+            except ValueError as exc:  # no tokenizer for this model: say what is missing
+                raise WorkloadFileError(f"{where}: {exc}") from None
+            if not ids:
+                raise WorkloadFileError(f"{where}: prompt encodes to no tokens")
         else:
             raise WorkloadFileError(f"{where}: needs prompt_token_ids or prompt")
         max_tokens = obj.get("max_tokens", default_max_tokens)
