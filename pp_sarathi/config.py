@@ -29,12 +29,15 @@ class ModelConfig:
 
 @dataclass
 class SchedulerConfig:
-    name: str = "sarathi"  # orca, vllm, ft, sarathi, sarathi_serve
+    name: str = "sarathi"  # orca, vllm, ft, sarathi, sarathi_serve, sarathi_uniform
     chunk_size: int = 128  # token budget of a batch / prefill chunk size (sarathi, sarathi_serve, vllm)
     # Max requests over all in-flight micro-batches. 28 = 14 per micro-batch at pp=2, so that the
     # default P:D 10 sits at chunk/(B-1) = 128/13 like the paper's pipeline setting (256/26).
     max_batch_size: int = 28
-    tile_size: int = 1  # sarathi: round chunk + decodes down to a multiple of this (128 on GPUs)
+    tile_size: int = 1  # sarathi, sarathi_uniform: round chunk + decodes down to a multiple of this (128 on GPUs)
+    # sarathi_uniform: fixed target stage time per micro-batch in ms; unset = chosen online from
+    # the running decodes and the waiting prompts.
+    target_ms: Optional[float] = None
 
 
 @dataclass
@@ -99,7 +102,7 @@ class LoggingConfig:
 
 @dataclass
 class CompareConfig:
-    schedulers: List[str] = field(default_factory=lambda: ["orca", "sarathi"])
+    schedulers: List[str] = field(default_factory=lambda: ["orca", "sarathi", "sarathi_uniform"])
     baseline: str = "orca"  # ratios are taken against this one
 
 

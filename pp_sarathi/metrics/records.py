@@ -39,6 +39,10 @@ class BatchRecord:
     scheduled_at: float
     done_at: float
     request_indices: list[int]
+    # The scheduler's predicted compute seconds of this micro-batch per stage (None: no predictor).
+    predicted_stage_s: list[float] | None = None
+    # The target stage time the planner aimed at (sarathi_uniform), seconds.
+    target_s: float | None = None
 
 
 @dataclass

@@ -80,7 +80,8 @@ def drive(scheduler: Scheduler, pipeline: Pipeline, clock: StageClock,
             unwritten = scheduler.on_batch_done(plan, results, done_at)
             batches.append(BatchRecord(plan.id, plan.kind, len(plan.parts), plan.num_prefill_tokens,
                                        plan.num_decode_tokens, plan.scheduled_at, done_at,
-                                       [p.seq_index for p in plan.parts]))
+                                       [p.seq_index for p in plan.parts], plan.predicted_stage_s,
+                                       plan.target_s))
             spans.append(DriverSpan("results", done_at, clock.now()))
             continue
         if stopping:

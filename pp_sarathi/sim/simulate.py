@@ -20,6 +20,7 @@ from ..runtime.partition import layer_counts, layer_ranges
 from ..runtime.stage import num_kv_blocks
 from ..scheduler import BlockManager, make_scheduler
 from ..cost import CostModel, RooflineCosts, kv_capacity_tokens, make_cost_model
+from ..cost.plan import PlanCost
 from .engine import SimPipeline, TimeShare, VirtualClock
 from .workload import PlaceholderTokens, sim_requests
 
@@ -85,7 +86,7 @@ def run_simulation(cfg: RunConfig, cost: CostModel | None = None, on_finished=No
             blocks = BlockManager(num_kv_blocks(cfg, arch) * cfg.cache.block_size
                                   // arch.max_position_embeddings or 1, arch.max_position_embeddings)
         sched = make_scheduler(cfg.scheduler, blocks, arch.max_position_embeddings, pp,
-                               arch.eos_token_ids, ignore_eos=True)
+                               arch.eos_token_ids, ignore_eos=True, predictor=PlanCost(cost, counts))
         sched.add_requests(requests, None if placeholder else arch.vocab_size)
         clock = VirtualClock()
         pipe = SimPipeline(cost, counts, clock, dummy_token(cfg, arch), cfg.sim.driver_blocks_on_stage0,

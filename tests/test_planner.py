@@ -1,0 +1,146 @@
+"""The compute-uniform planner (sarathi_uniform): spans prompts, tiles, caps, KV, its target T
+and how T adapts; pure Python with a synthetic cost model (no torch)."""
+from __future__ import annotations
+
+import pytest
+
+from pp_sarathi.config import SchedulerConfig
+from pp_sarathi.cost import CostModel, PlanCost
+from pp_sarathi.scheduler import BlockManager, make_scheduler
+from pp_sarathi.scheduler.planner import TargetRule, largest_fit
+from tests.test_scheduler import FakePipeline, reference, req
+
+
+class ToyCost(CostModel):
+    """Linear in tokens, attention proportional to the pairs it reads, a fixed per-batch cost."""
+
+    source = "toy"
+
+    def __init__(self):
+        super().__init__(None, "float32")
+
+    def linear(self, t): return 1e-4 * t  # noqa: E704
+    def misc(self, t): return 0.0  # noqa: E704
+    def attn_prefill(self, c, k): return 2e-7 * c * (k + c / 2)  # noqa: E704
+    def attn_decode(self, ctx): return 2e-7 * sum(ctx)  # noqa: E704
+    def embed(self, t): return 1e-6 * t  # noqa: E704
+    def lm_head(self, rows): return 2e-5 * rows  # noqa: E704
+    def sample(self, rows): return 0.0  # noqa: E704
+    def overhead(self, parts, t): return 1e-3  # noqa: E704
+    def p2p(self, nbytes): return 0.0  # noqa: E704
+
+
+def make(*, chunk=64, batch=8, tile=1, pp=1, num_blocks=4096, block_size=4, max_len=1024,
+         target_ms=None, layers=None):
+    cfg = SchedulerConfig(name="sarathi_uniform", chunk_size=chunk, max_batch_size=batch, tile_size=tile,
+                          target_ms=target_ms)
+    cost = PlanCost(ToyCost(), layers or [4] * pp)
+    return make_scheduler(cfg, BlockManager(num_blocks, block_size), max_len, pp, (0,), False, cost)
+
+
+def test_needs_a_predictor_and_a_positive_target():
+    with pytest.raises(ValueError, match="predictor"):
+        make_scheduler(SchedulerConfig(name="sarathi_uniform"), BlockManager(64, 4), 256)
+    with pytest.raises(ValueError, match="target_ms"):
+        make(target_ms=0.0)
+
+
+def test_largest_fit_is_tile_aligned():
+    fits = lambda n: n <= 50  # noqa: E731
+    assert largest_fit(fits, 40, 0, 16) == 40  # the whole remainder fits
+    assert largest_fit(fits, 100, 0, 16) == 48
+    assert largest_fit(fits, 100, 3, 16) == 45  # base 3 + 45 = 48
+    assert largest_fit(lambda n: False, 100, 0, 16) == 0
+
+
+def test_spans_prompt_boundaries():
+    """A prompt's short last chunk is topped up with the next prompt's first chunk."""
+    s = make(target_ms=18.0, chunk=64)
+    s.add_requests([req(0, 70, 4), req(1, 70, 4), req(2, 70, 4)])
+    p1 = s.schedule(0.0)
+    assert [x.seq_index for x in p1.parts] == [0]  # 70 tokens do not fit 18 ms: one chunk
+    s.on_batch_done(p1, [None], 1.0)
+    p2 = s.schedule(1.0)
+    idx = [x.seq_index for x in p2.parts]
+    assert idx[:2] == [0, 1], "the rest of prompt 0 then the start of prompt 1"
+    assert p2.parts[0].num_tokens == 70 - p1.parts[0].num_tokens
+    assert p2.parts[0].sample and not p2.parts[1].sample
+
+
+def test_tiles_caps_and_kv():
+    s = make(target_ms=50.0, tile=16, batch=4, pp=2)
+    s.add_requests([req(i, 37, 3) for i in range(6)])
+    plan = s.schedule(0.0)
+    assert plan.num_tokens % 16 == 0
+    assert len(plan.parts) <= s.per_batch_cap == 2
+    # KV: 10 blocks of 4 tokens hold 40 tokens; a new request never preempts.
+    s = make(target_ms=50.0, num_blocks=10, block_size=4)
+    s.add_requests([req(0, 30, 3), req(1, 30, 3)])
+    plan = s.schedule(0.0)
+    assert sum(s.blocks.blocks_for(x.start + x.num_tokens) for x in plan.parts) <= 10
+
+
+@pytest.mark.parametrize("pp,tile", [(1, 1), (2, 1), (2, 8), (4, 4)])
+def test_lossless_and_near_target(pp, tile):
+    """Outputs equal unbatched generation; every micro-batch that had prefill work left after
+    it is within one tile's time of its target (and never far above it)."""
+    s = make(pp=pp, tile=tile, batch=8, chunk=48)
+    reqs = [req(i, 20 + 13 * i % 90, 2 + i % 7, arrival=0.3 * i) for i in range(24)]
+    s.add_requests(reqs)
+    near = []
+
+    def check(sched, plan, snap):
+        pre = [x for x in plan.parts if x.is_prefill]
+        more = sched.waiting or any(sched.seqs[x.seq_index].num_uncomputed for x in pre)
+        if plan.target_s and pre and more and len(plan.parts) < sched.per_batch_cap:
+            near.append(max(plan.predicted_stage_s) / plan.target_s)
+
+    pipe = FakePipeline(s, pp, check)
+    pipe.run()
+    for r in reqs:
+        assert s.seqs[r.index].output_token_ids == reference(r, 1024, (0,))
+    assert near, "no micro-batch was filled to its target"
+    tol = 1 + 2 * tile * 1e-4 * 4 / min(near)  # a tile's linear cost, loosely
+    assert all(0.8 <= x <= 1.0 + 1e-9 or x <= tol for x in near), sorted(near)[:3] + sorted(near)[-3:]
+
+
+def test_target_override_is_used():
+    s = make(target_ms=12.5)
+    s.add_requests([req(0, 300, 4)])
+    plan = s.schedule(0.0)
+    assert plan.target_s == pytest.approx(0.0125)
+    assert max(plan.predicted_stage_s) <= 0.0125
+
+
+class _Seq:
+    def __init__(self, prompt, out, max_tokens, computed):
+        from pp_sarathi.workload.request import Request
+        self.request = Request(id="x", prompt_token_ids=[1] * prompt, max_tokens=max_tokens, index=0)
+        self.output_token_ids = [3] * out
+        self.num_computed = computed
+
+    num_tokens = property(lambda s: len(s.request.prompt_token_ids) + len(s.output_token_ids))
+    num_uncomputed = property(lambda s: s.num_tokens - s.num_computed)
+    is_prefill = property(lambda s: not s.output_token_ids or s.num_uncomputed > 1)
+
+
+def test_target_adapts_to_queue_and_decodes():
+    cost = PlanCost(ToyCost(), [4, 4])
+    rule = TargetRule(chunk_size=128, tile=1, depth=2, max_batch_size=32)
+    decodes = [_Seq(100, 5, 100, 104) for _ in range(8)]  # 95 decode steps left each
+    few = [_Seq(40, 0, 10, 0)]
+    many = [_Seq(400, 0, 10, 0) for _ in range(20)]
+    t_few = rule.raw(decodes, few, cost)
+    p_few = rule.prefill_tokens
+    t_many = rule.raw(decodes, many, cost)
+    assert t_many > t_few and rule.prefill_tokens > p_few, "a longer queue raises T"
+    t_more_dec = rule.raw(decodes * 3, few, cost)
+    assert t_more_dec > t_few, "more decodes per micro-batch raise T"
+    # No decodes running: the whole budget (nothing to pace prefills against).
+    rule.raw([], few, cost)
+    assert rule.prefill_tokens == 128
+    # Smoothing: T moves towards a new raw value gradually.
+    rule2 = TargetRule(chunk_size=128, tile=1, depth=2, max_batch_size=32)
+    a = rule2(decodes, few, cost)
+    b = rule2(decodes, many, cost)
+    assert a < b < t_many
