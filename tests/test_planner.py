@@ -8,7 +8,7 @@ from pp_sarathi.config import SchedulerConfig
 from pp_sarathi.cost import CostModel, PlanCost
 from pp_sarathi.scheduler import BlockManager, make_scheduler
 from pp_sarathi.scheduler.planner import TargetRule, largest_fit
-from tests.test_scheduler import FakePipeline, reference, req
+from test_scheduler import FakePipeline, reference, req
 
 
 class ToyCost(CostModel):
@@ -144,3 +144,53 @@ def test_target_adapts_to_queue_and_decodes():
     a = rule2(decodes, few, cost)
     b = rule2(decodes, many, cost)
     assert a < b < t_many
+
+
+# ---- token-exact against transformers (real model, pp=1 and pp=2) ----------------------------
+
+def test_matches_hf_pp1(hf_checkpoint, workload_file, run_config):
+    from test_model_reference import _run_and_compare
+
+    path, hf_model = hf_checkpoint("llama")
+    out = _run_and_compare(path, hf_model, workload_file, run_config, chunk_size=16, k=2,
+                           lens=[3, 17, 30, 11], max_tokens=[6, 7, 5, 8], scheduler="sarathi_uniform")
+    assert all(b.predicted_stage_s for b in out.batches)
+    assert any(b.target_s for b in out.batches)
+
+
+def test_matches_hf_pp2(hf_checkpoint, workload_file, run_config, tmp_path):
+    from conftest import make_requests, random_prompts, run_pipeline
+    from test_model_reference import assert_matches_hf, hf_greedy
+
+    path, hf_model = hf_checkpoint("llama")
+    prompts = random_prompts([5, 23, 14, 31, 9], hf_model.config.vocab_size, seed=99)
+    max_tokens = [7, 4, 9, 5, 6]
+    cfg = run_config(path, workload_file(make_requests(prompts, max_tokens)), scheduler="sarathi_uniform",
+                     chunk_size=16, logprobs=2)
+    out = run_pipeline(cfg, 2, tmp_path)
+    assert out.error is None
+    for seq, prompt, n in zip(out.sequences, prompts, max_tokens):
+        hf_tokens, hf_logits = hf_greedy(hf_model, prompt, n)
+        assert_matches_hf(seq, hf_tokens, hf_logits, 2)
+    assert out.predictor and out.predictor["source"] == "probe"
+
+
+# ---- the simulator: the same planner class at pp 4 and 8 -----------------------------------
+
+@pytest.mark.parametrize("pp", [4, 8])
+def test_simulated_stage_bubble_below_sarathi(pp):
+    from test_sim_bubbles import imbalanced
+
+    from pp_sarathi.metrics.summary import summarize
+    from pp_sarathi.sim.simulate import run_simulation
+
+    res = {}
+    for name in ("sarathi", "sarathi_uniform"):
+        cfg = imbalanced(name, pp)
+        cfg.model.num_layers = max(8, pp)
+        res[name] = summarize(run_simulation(cfg))
+    frac = {n: max(s["bubble_fraction"] for s in r["stages"]) for n, r in res.items()}
+    assert frac["sarathi_uniform"] < frac["sarathi"], frac
+    assert res["sarathi_uniform"]["wall_s"] <= res["sarathi"]["wall_s"]
+    assert res["sarathi_uniform"]["throughput"]["decode_tokens"] == res["sarathi"]["throughput"]["decode_tokens"]
+    assert res["sarathi_uniform"]["predictor"]["error"]["p50"] == pytest.approx(0.0, abs=1e-9)

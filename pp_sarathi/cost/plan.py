@@ -7,6 +7,7 @@ floats: a planner asks for several candidates per micro-batch.
 """
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 from .predictor import CostModel, StageTimePredictor
@@ -19,7 +20,14 @@ class PlanCost:
 
     ``cost``: any :class:`StageTimePredictor`; a :class:`CostModel` is composed per layer once
     per candidate instead of once per stage.
+
+    ``scale`` multiplies every prediction; :meth:`observe` moves it towards the measured ÷
+    predicted ratio of the micro-batches a run computes (online refinement: a calibration
+    taken on an idle device also fits a device shared with the other stages).
     """
+
+    # Weight of each new observation in the running mean of log(measured / predicted).
+    REFINE_WEIGHT = 0.05
 
     def __init__(self, cost: StageTimePredictor, layers: list[int]):
         if not layers or min(layers) < 1:
@@ -27,6 +35,20 @@ class PlanCost:
         self.cost = cost
         self.layers = list(layers)
         self._composed = isinstance(cost, CostModel)
+        self.scale = 1.0
+        self._log_scale = 0.0
+        self.observations = 0
+
+    def observe(self, predicted_s: float, measured_s: float) -> None:
+        """A micro-batch predicted at ``predicted_s`` (with the current scale) took
+        ``measured_s`` on its stage: refine :attr:`scale`."""
+        if predicted_s <= 0 or measured_s <= 0:
+            return
+        raw = math.log(measured_s / (predicted_s / self.scale))
+        w = max(self.REFINE_WEIGHT, 1.0 / (self.observations + 1))
+        self._log_scale += w * (raw - self._log_scale)
+        self.observations += 1
+        self.scale = math.exp(self._log_scale)
 
     @property
     def num_stages(self) -> int:
@@ -41,8 +63,9 @@ class PlanCost:
             c: CostModel = self.cost
             per_layer = c.layer_time(shape)
             over = c.overhead(shape.num_parts, shape.num_tokens)
-            return [c._stage(shape, k, per_layer, over, s == 0, s == n - 1) for s, k in enumerate(self.layers)]
-        return [self.cost.stage_seconds(shape, k, s == 0, s == n - 1) for s, k in enumerate(self.layers)]
+            return [self.scale * c._stage(shape, k, per_layer, over, s == 0, s == n - 1)
+                    for s, k in enumerate(self.layers)]
+        return [self.scale * self.cost.stage_seconds(shape, k, s == 0, s == n - 1) for s, k in enumerate(self.layers)]
 
     def seconds(self, prefills: list[tuple[int, int]], decode_ctx: list[int], num_sampled: int | None = None) -> float:
         """The slowest stage's predicted seconds (what sets the pipeline's pace)."""
@@ -73,13 +96,13 @@ class PlanCost:
             over = c.overhead(nd + len(prefills), tokens)
             t0 = first * per_layer + over + c.embed(tokens)
             if n == 1:
-                return t0 + (c.lm_head(sampled) + c.sample(sampled) if sampled else 0.0)
+                return self.scale * (t0 + (c.lm_head(sampled) + c.sample(sampled) if sampled else 0.0))
             tl = last * per_layer + over + (c.lm_head(sampled) + c.sample(sampled) if sampled else 0.0)
             best = t0 if t0 > tl else tl
             if mid is not None:
                 tm = mid * per_layer + over
                 best = best if best > tm else tm
-            return best
+            return best * self.scale
         return f
 
 

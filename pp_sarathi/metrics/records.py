@@ -78,3 +78,4 @@ class RunOutcome:
     error: str | None = None  # set when the run ended early (a failed stage, ...)
     driver_spans: list[DriverSpan] = field(default_factory=list)  # the driver's own work
     sim: SimInfo | None = None  # set by the simulator
+    predictor: dict | None = None  # the stage-time predictor the scheduler used (its describe())

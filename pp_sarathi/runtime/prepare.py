@@ -55,10 +55,13 @@ def prepare(cfg: RunConfig) -> Prepared:
     return Prepared(cfg, path, arch, requests, ranges)
 
 
-def new_scheduler(prep: Prepared) -> Scheduler:
+def new_scheduler(prep: Prepared, predictor=None) -> Scheduler:
+    """The run's scheduler with its requests; ``predictor``: a
+    :class:`~pp_sarathi.cost.plan.PlanCost` (sarathi_uniform plans with it, every policy
+    records its plans' predicted stage times)."""
     cfg = prep.cfg
     blocks = BlockManager(num_kv_blocks(cfg, prep.arch), cfg.cache.block_size)
     sched = make_scheduler(cfg.scheduler, blocks, prep.arch.max_position_embeddings, cfg.parallel.pp,
-                           prep.arch.eos_token_ids, cfg.sampling.ignore_eos)
+                           prep.arch.eos_token_ids, cfg.sampling.ignore_eos, predictor)
     sched.add_requests(prep.requests, prep.arch.vocab_size)
     return sched

@@ -129,7 +129,7 @@ def run_simulation(cfg: RunConfig, cost: CostModel | None = None, on_finished=No
         f"{cfg.hardware.name}/tp{cfg.hardware.tp}" if isinstance(cost, RooflineCosts)
         else str(cost.describe().get("device")))
     return RunOutcome(seqs, batches, pipe.records, pp, clock.now(), ranges, device, None,
-                      sim=SimInfo(info, pipe.jitter_factor))
+                      sim=SimInfo(info, pipe.jitter_factor), predictor=cost.describe())
 
 
 def simulation_results(outcome: RunOutcome, config: dict | None = None) -> dict:
