@@ -82,26 +82,27 @@ def test_tiles_caps_and_kv():
 
 @pytest.mark.parametrize("pp,tile", [(1, 1), (2, 1), (2, 8), (4, 4)])
 def test_lossless_and_near_target(pp, tile):
-    """Outputs equal unbatched generation; every micro-batch that had prefill work left after
-    it is within one tile's time of its target (and never far above it)."""
+    """Outputs equal unbatched generation; every micro-batch the target cut short (its last
+    part a prompt chunk with tokens left, the request cap not reached) is within one tile's
+    time of its target."""
     s = make(pp=pp, tile=tile, batch=8, chunk=48)
     reqs = [req(i, 20 + 13 * i % 90, 2 + i % 7, arrival=0.3 * i) for i in range(24)]
     s.add_requests(reqs)
     near = []
 
     def check(sched, plan, snap):
-        pre = [x for x in plan.parts if x.is_prefill]
-        more = sched.waiting or any(sched.seqs[x.seq_index].num_uncomputed for x in pre)
-        if plan.target_s and pre and more and len(plan.parts) < sched.per_batch_cap:
-            near.append(max(plan.predicted_stage_s) / plan.target_s)
+        last = plan.parts[-1]
+        cut = last.is_prefill and last.start + last.num_tokens < sched.seqs[last.seq_index].num_tokens
+        if plan.target_s and cut and len(plan.parts) < sched.per_batch_cap:
+            tol = 0.01 + tile * 5e-4 / plan.target_s  # one tile of 4 toy layers
+            near.append((max(plan.predicted_stage_s) / plan.target_s, tol))
 
     pipe = FakePipeline(s, pp, check)
     pipe.run()
     for r in reqs:
         assert s.seqs[r.index].output_token_ids == reference(r, 1024, (0,))
-    assert near, "no micro-batch was filled to its target"
-    tol = 1 + 2 * tile * 1e-4 * 4 / min(near)  # a tile's linear cost, loosely
-    assert all(0.8 <= x <= 1.0 + 1e-9 or x <= tol for x in near), sorted(near)[:3] + sorted(near)[-3:]
+    assert len(near) >= 5, "few micro-batches were filled to their target"
+    assert all(abs(x - 1) <= tol for x, tol in near), sorted(near)[:3] + sorted(near)[-3:]
 
 
 def test_target_override_is_used():
@@ -109,7 +110,7 @@ def test_target_override_is_used():
     s.add_requests([req(0, 300, 4)])
     plan = s.schedule(0.0)
     assert plan.target_s == pytest.approx(0.0125)
-    assert max(plan.predicted_stage_s) <= 0.0125
+    assert max(plan.predicted_stage_s) == pytest.approx(0.0125, rel=0.01)
 
 
 class _Seq:
@@ -118,6 +119,7 @@ class _Seq:
         self.request = Request(id="x", prompt_token_ids=[1] * prompt, max_tokens=max_tokens, index=0)
         self.output_token_ids = [3] * out
         self.num_computed = computed
+        self.prompt_len = prompt
 
     num_tokens = property(lambda s: len(s.request.prompt_token_ids) + len(s.output_token_ids))
     num_uncomputed = property(lambda s: s.num_tokens - s.num_computed)

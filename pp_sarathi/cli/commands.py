@@ -116,7 +116,7 @@ def cmd_run(cfg: RunConfig, cfg_dict: dict, run_dir: str) -> None:
 def cmd_compare(cfg: RunConfig, cfg_dict: dict, run_dir: str) -> None:
     if _distributed_env() is not None:
         raise UserError("compare starts fresh stage processes per scheduler; run it directly, not under torchrun")
-    from ..metrics.compare import compare_ratios
+    from ..metrics.compare import compare_ratios, ratios_by_scheduler
     from .plots import write_side_by_side
     from .table import print_compare
 
@@ -140,11 +140,12 @@ def cmd_compare(cfg: RunConfig, cfg_dict: dict, run_dir: str) -> None:
         results[name] = execute(sub_cfg, sub_dict, sub_dir)
         timelines[name] = load_timeline(sub_dir)
     summary = {"schedulers": results,
-               "ratios": compare_ratios(results, cfg.compare.baseline, "sarathi")}
+               "ratios": compare_ratios(results, cfg.compare.baseline, "sarathi"),
+               "ratios_by_scheduler": ratios_by_scheduler(results, cfg.compare.baseline)}
     (Path(run_dir) / "compare.json").write_text(json.dumps(summary, indent=2))
     if cfg.logging.timeline:
         write_side_by_side(timelines, Path(run_dir) / "compare_timeline.png")
-    print_compare(results, summary["ratios"], cfg.compare.baseline)
+    print_compare(results, summary["ratios_by_scheduler"], cfg.compare.baseline)
     log.info("wrote %s/compare.json", run_dir)
 
 

@@ -121,7 +121,7 @@ def simulate_command(cfg: RunConfig, cfg_dict: dict, run_dir: str) -> dict:
     if cfg.logging.timeline:
         from .plots import write_side_by_side
         write_side_by_side(shown, Path(run_dir) / "compare_timeline.png")
-    print_compare(summary["schedulers"], summary["ratios"], cfg.compare.baseline)
+    print_compare(summary["schedulers"], summary["ratios_by_scheduler"], cfg.compare.baseline)
     log.info("wrote %s/compare.json", run_dir)
     return summary
 

@@ -17,3 +17,8 @@ def compare_ratios(results_by_name: dict[str, dict], baseline: str, target: str 
         "bubble_per_request_p50": _ratio(b["bubble"]["per_request_ms"]["p50"], t["bubble"]["per_request_ms"]["p50"]),
         "throughput": _ratio(t["throughput"]["tokens_per_s"], b["throughput"]["tokens_per_s"]),
     }
+
+
+def ratios_by_scheduler(results_by_name: dict[str, dict], baseline: str) -> dict[str, dict]:
+    """:func:`compare_ratios` of every scheduler but the baseline, against the baseline."""
+    return {name: compare_ratios(results_by_name, baseline, name) for name in results_by_name if name != baseline}

@@ -28,8 +28,9 @@ class TargetRule:
 
         p = queued prompt tokens / (depth * remaining decode steps)
 
-    clamped to [one tile, the token budget ``chunk_size`` less the decodes] and rounded to the
-    tile. Many queued prompts (high P:D) give the budget; few (low P:D) give small, decode-led
+    clamped to [one tile, the token budget ``chunk_size`` less the decodes] and rounded so that
+    decodes + ``p`` is a tile multiple; the reference chunk reads the KV of half a typical
+    queued prompt. Many queued prompts (high P:D) give the budget; few (low P:D) give small, decode-led
     micro-batches. When the queue holds the last requests (none pending, all admissible) there
     is nothing left to pace and the budget is used: spreading the last prompts thin would only
     stretch the run's tail. T is smoothed exponentially from one micro-batch to the next.
@@ -46,24 +47,30 @@ class TargetRule:
     def raw(self, running: list[Sequence], waiting, cost, draining: bool = False) -> float:
         """The unsmoothed target for the current queue and decodes (seconds)."""
         decoding = [s for s in running if not s.is_prefill]
-        queued = sum(s.num_uncomputed for s in running if s.is_prefill)
+        prompts = [s for s in running if s.is_prefill]
         # Only prompts that can start soon: admission is capped at max_batch_size requests.
-        queued += sum(s.num_uncomputed for s in itertools.islice(waiting, self.max_batch_size))
+        prompts += itertools.islice(waiting, self.max_batch_size)
+        queued = sum(s.num_uncomputed for s in prompts)
         nd = math.ceil(len(decoding) / self.depth)
         ctx = (sum(s.num_tokens for s in decoding) // len(decoding)) if decoding else 0
         steps = (sum(max(1, s.request.max_tokens - len(s.output_token_ids)) for s in decoding)
                  / len(decoding)) if decoding else 0.0
         tile = self.tile
-        hi = max(tile, (self.chunk_size - nd) // tile * tile)
+        # The token budget counts decodes and prefill together (as SARATHI's chunk does).
+        hi = max(tile, self.chunk_size // tile * tile - nd)
         if queued <= 0:
             p = tile
         elif steps <= 0 or (draining and len(running) + len(waiting) <= self.max_batch_size):
             p = hi
         else:
             need = queued / (self.depth * steps)
-            p = min(hi, max(tile, int(math.ceil(need / tile)) * tile))
+            total = int(math.ceil((nd + need) / tile)) * tile
+            p = min(hi, max(tile, total - nd))
         self.prefill_tokens = p
-        return cost.seconds([(p, 0)], [ctx] * nd, nd)
+        # A typical chunk reads half of its prompt's earlier tokens.
+        mean_prompt = sum(s.prompt_len for s in prompts) / len(prompts) if prompts else 0.0
+        cached = max(0, int(mean_prompt / 2 - p / 2))
+        return cost.seconds([(p, cached)], [ctx] * nd, nd)
 
     def __call__(self, running: list[Sequence], waiting, cost, draining: bool = False) -> float:
         """T for the next micro-batch; ``draining``: no request is still to arrive."""
@@ -98,9 +105,25 @@ def largest_fit(fits, left: int, base: int, tile: int, last_part: bool = False) 
     return first + lo * tile
 
 
+def nearest_fit(time_of, target: float, left: int, base: int, tile: int, last_part: bool = False,
+                now: float = 0.0) -> int:
+    """The chunk whose batch time is nearest ``target``: :func:`largest_fit`'s, or one tile
+    more when that overshoots by less than the fit falls short (on GPUs a tile more costs a
+    step: ``target`` between two steps must not always round down). ``now``: the batch's time
+    without this chunk (the shortfall when nothing fits)."""
+    n = largest_fit(lambda k: time_of(k) <= target, left, base, tile, last_part)
+    if n == left:
+        return n
+    up = min(left, n + tile if n else ((-base) % tile or tile))
+    if last_part and up == left and (base + left) % tile:
+        return n
+    below = time_of(n) if n else now
+    return up if time_of(up) - target < target - below else n
+
+
 def fill_prefills(b, cost, target: float, tile: int) -> None:
     """Add prefill tokens to the batch ``b`` (a BatchBuilder holding its decodes) until its
-    predicted stage time reaches ``target``: partial prefills oldest first, then new requests,
+    predicted stage time is nearest ``target``: partial prefills oldest first, then new requests,
     across prompt boundaries. A batch with no prefill yet takes at least one tile (or a whole
     short remainder), so prompts keep flowing even when the decodes alone reach the target."""
     sched = b.sched
@@ -119,10 +142,10 @@ def fill_prefills(b, cost, target: float, tile: int) -> None:
         left, cached = seq.num_uncomputed, seq.num_computed
         base = b.num_tokens
 
-        def fits(n: int) -> bool:
-            return f(prefills + [(n, cached)], sampled + (n == left)) <= target
+        def time_of(n: int) -> float:
+            return f(prefills + [(n, cached)], sampled + (n == left))
 
-        n = largest_fit(fits, left, base, tile, b.room == 1)
+        n = nearest_fit(time_of, target, left, base, tile, b.room == 1, f(prefills, sampled))
         if n == 0:
             if prefills:
                 return

@@ -11,7 +11,7 @@ import time
 from dataclasses import asdict
 
 from ..config import RunConfig
-from ..metrics.compare import compare_ratios
+from ..metrics.compare import compare_ratios, ratios_by_scheduler
 from ..metrics.summary import summarize
 from ..model.arch import ModelArch
 from ..runtime.driver import drive
@@ -168,6 +168,7 @@ def simulate_compare(cfg: RunConfig, schedulers: list[str] | None = None, baseli
         if keep_outcomes:
             outcomes[name] = out
     summary = {"schedulers": results, "ratios": compare_ratios(results, baseline, target),
+               "ratios_by_scheduler": ratios_by_scheduler(results, baseline),
                "baseline": baseline, "target": target}
     if keep_outcomes:
         summary["_outcomes"] = outcomes
