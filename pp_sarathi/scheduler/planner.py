@@ -31,7 +31,7 @@ class TargetRule:
     clamped to [one tile, the token budget ``chunk_size`` less the decodes] and rounded so that
     decodes + ``p`` is a tile multiple; the reference chunk reads the KV of half a typical
     queued prompt. Many queued prompts (high P:D) give the budget; few (low P:D) give small, decode-led
-    micro-batches. When the queue holds the last requests (none pending, all admissible) there
+    micro-batches. T is re-derived once per pipeline round (``depth`` micro-batches). When the queue holds the last requests (none pending, all admissible) there
     is nothing left to pace and the budget is used: spreading the last prompts thin would only
     stretch the run's tail. T is smoothed exponentially from one micro-batch to the next.
     """
@@ -43,18 +43,34 @@ class TargetRule:
         self.fixed = None if target_ms is None else target_ms / 1e3
         self.value: float | None = None  # the smoothed T (seconds)
         self.prefill_tokens = 0  # p of the last raw target
+        self._calls = 0
 
     def raw(self, running: list[Sequence], waiting, cost, draining: bool = False) -> float:
         """The unsmoothed target for the current queue and decodes (seconds)."""
-        decoding = [s for s in running if not s.is_prefill]
-        prompts = [s for s in running if s.is_prefill]
+        # One pass of plain attribute reads: this runs for every micro-batch of a simulation.
+        decodes = ctx_sum = 0
+        steps_sum = 0.0
+        queued = prompt_sum = prompts = 0
+        for s in running:
+            out = len(s.output_token_ids)
+            total = s.prompt_len + out
+            left = total - s.num_computed
+            if out and left <= 1:
+                decodes += 1
+                ctx_sum += total
+                steps_sum += max(1, s.request.max_tokens - out)
+            else:
+                queued += left
+                prompt_sum += s.prompt_len
+                prompts += 1
         # Only prompts that can start soon: admission is capped at max_batch_size requests.
-        prompts += itertools.islice(waiting, self.max_batch_size)
-        queued = sum(s.num_uncomputed for s in prompts)
-        nd = math.ceil(len(decoding) / self.depth)
-        ctx = (sum(s.num_tokens for s in decoding) // len(decoding)) if decoding else 0
-        steps = (sum(max(1, s.request.max_tokens - len(s.output_token_ids)) for s in decoding)
-                 / len(decoding)) if decoding else 0.0
+        for s in itertools.islice(waiting, self.max_batch_size):
+            queued += s.prompt_len + len(s.output_token_ids) - s.num_computed
+            prompt_sum += s.prompt_len
+            prompts += 1
+        nd = math.ceil(decodes / self.depth)
+        ctx = ctx_sum // decodes if decodes else 0
+        steps = steps_sum / decodes if decodes else 0.0
         tile = self.tile
         # The token budget counts decodes and prefill together (as SARATHI's chunk does).
         hi = max(tile, self.chunk_size // tile * tile - nd)
@@ -68,7 +84,7 @@ class TargetRule:
             p = min(hi, max(tile, total - nd))
         self.prefill_tokens = p
         # A typical chunk reads half of its prompt's earlier tokens.
-        mean_prompt = sum(s.prompt_len for s in prompts) / len(prompts) if prompts else 0.0
+        mean_prompt = prompt_sum / prompts if prompts else 0.0
         cached = max(0, int(mean_prompt / 2 - p / 2))
         return cost.seconds([(p, cached)], [ctx] * nd, nd)
 
@@ -76,6 +92,9 @@ class TargetRule:
         """T for the next micro-batch; ``draining``: no request is still to arrive."""
         if self.fixed is not None:
             return self.fixed
+        self._calls += 1
+        if self.value is not None and self._calls % self.depth:
+            return self.value  # once per pipeline round: the queue moves little in between
         t = self.raw(running, waiting, cost, draining)
         self.value = t if self.value is None else self.value + SMOOTHING * (t - self.value)
         return self.value
