@@ -196,3 +196,23 @@ def test_simulated_stage_bubble_below_sarathi(pp):
     assert res["sarathi_uniform"]["wall_s"] <= res["sarathi"]["wall_s"]
     assert res["sarathi_uniform"]["throughput"]["decode_tokens"] == res["sarathi"]["throughput"]["decode_tokens"]
     assert res["sarathi_uniform"]["predictor"]["error"]["p50"] == pytest.approx(0.0, abs=1e-9)
+
+
+def test_balanced_partition_from_the_predictor():
+    """The embedding lookup costs next to nothing; a heavy LM head takes layers off the last stage."""
+    from pp_sarathi.config import HardwareConfig, ModelConfig, SchedulerConfig
+    from pp_sarathi.cost import RooflineCosts
+    from pp_sarathi.model.arch import ModelArch
+    from pp_sarathi.runtime.partition import layer_counts, predicted_stage_seconds, reference_shape
+
+    arch = ModelArch.from_config(ModelConfig())
+    ref = reference_shape(SchedulerConfig(), 2, arch.max_position_embeddings)
+    cost = RooflineCosts(arch, "float32", HardwareConfig())
+    assert layer_counts(arch, 2, "balanced", cost, ref) == [4, 4]
+    big = ModelArch.from_config(ModelConfig(vocab_size=128000))
+    cost = RooflineCosts(big, "float32", HardwareConfig())
+    counts = layer_counts(big, 4, "balanced", cost, ref)
+    assert counts[-1] < max(counts) and sum(counts) == 8
+    times = predicted_stage_seconds(big, counts, cost, ref)
+    uniform = predicted_stage_seconds(big, [2, 2, 2, 2], cost, ref)
+    assert max(times) < max(uniform)

@@ -1,16 +1,22 @@
 """Everything checked and resolved before any stage starts: config, model, workload."""
 from __future__ import annotations
 
+import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import RunConfig
+from ..cost import ProfileCosts, RooflineCosts
 from ..model.arch import ModelArch
 from ..scheduler import BlockManager, Scheduler, make_scheduler
 from ..workload import Request, load_workload
-from .partition import layer_counts, layer_ranges
+from .calibrate import load_cached
+from .partition import layer_counts, layer_ranges, predicted_stage_seconds, reference_shape
 from .sampler import Sampler
 from .stage import num_kv_blocks, resolve_model
+
+log = logging.getLogger("pp_sarathi")
 
 
 @dataclass
@@ -50,9 +56,32 @@ def prepare(cfg: RunConfig) -> Prepared:
     Sampler(cfg.sampling)  # validates sampling settings
     check_devices(cfg)
     path, arch = resolve_model(cfg.model)
-    ranges = layer_ranges(layer_counts(arch, cfg.parallel.pp, cfg.parallel.partition))
+    ranges = layer_ranges(split_layers(cfg, path, arch))
     requests = load_workload(cfg.workload, arch.vocab_size, arch.eos_token_ids)
     return Prepared(cfg, path, arch, requests, ranges)
+
+
+def split_layers(cfg: RunConfig, path: Path, arch: ModelArch) -> list[int]:
+    """``parallel.partition``'s layer counts; ``balanced`` from the stage-time predictor this
+    machine has (a cached calibration of this model, else the ``hardware`` roofline), its
+    predicted time per stage logged."""
+    pp, partition = cfg.parallel.pp, cfg.parallel.partition
+    if partition != "balanced":
+        return layer_counts(arch, pp, partition)
+    cost = None
+    if cfg.sim.profile:
+        cost = ProfileCosts.from_csv(cfg.sim.profile, arch, cfg.model.dtype, statistic=cfg.sim.profile_statistic)
+    elif not cfg.device.startswith("cuda"):
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        threads = cfg.parallel.threads_per_stage or max(1, cores // max(1, pp))
+        cost = load_cached(cfg, path, arch, "cpu", threads)
+    cost = cost or RooflineCosts(arch, cfg.model.dtype, cfg.hardware)
+    ref = reference_shape(cfg.scheduler, pp, arch.max_position_embeddings)
+    counts = layer_counts(arch, pp, partition, cost, ref)
+    times = predicted_stage_seconds(arch, counts, cost, ref)
+    log.info("balanced partition %s (from the %s predictor): predicted ms per stage for a %d-token "
+             "micro-batch: %s", counts, cost.source, ref.num_tokens, ", ".join(f"{1e3 * t:.1f}" for t in times))
+    return counts
 
 
 def new_scheduler(prep: Prepared, predictor=None) -> Scheduler:

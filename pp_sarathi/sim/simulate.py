@@ -16,7 +16,7 @@ from ..metrics.summary import summarize
 from ..model.arch import ModelArch
 from ..runtime.driver import drive
 from ..metrics.records import RunOutcome, SimInfo
-from ..runtime.partition import layer_counts, layer_ranges
+from ..runtime.partition import layer_counts, layer_ranges, reference_shape
 from ..runtime.stage import num_kv_blocks
 from ..scheduler import BlockManager, make_scheduler
 from ..cost import CostModel, RooflineCosts, kv_capacity_tokens, make_cost_model
@@ -67,9 +67,10 @@ def run_simulation(cfg: RunConfig, cost: CostModel | None = None, on_finished=No
         raise ValueError(f"scheduler.chunk_size must be >= 1, got {cfg.scheduler.chunk_size}")
     arch = sim_arch(cfg)
     pp = cfg.parallel.pp
-    counts = layer_counts(arch, pp, cfg.parallel.partition)
-    ranges = layer_ranges(counts)
     cost = cost or make_cost_model(cfg, arch)
+    counts = layer_counts(arch, pp, cfg.parallel.partition, cost,
+                          reference_shape(cfg.scheduler, pp, arch.max_position_embeddings))
+    ranges = layer_ranges(counts)
     requests = sim_requests(cfg.workload, arch.vocab_size, arch.eos_token_ids)
     placeholder = bool(requests) and isinstance(requests[0].prompt_token_ids, PlaceholderTokens)
     jitter = cfg.sim.jitter if cfg.sim.jitter >= 0 else getattr(cost, "jitter", 0.0)
