@@ -50,7 +50,7 @@ class CacheConfig:
 class WorkloadConfig:
     name: str = "synthetic"  # jsonl, synthetic or trace
     path: Optional[str] = None  # input file for jsonl and trace
-    num_requests: int = 64  # synthetic: how many requests
+    num_requests: int = 64  # synthetic: how many requests; trace: how many rows to read (0 = all)
     pd_ratio: float = 10.0  # synthetic: prefill tokens / decode tokens of each request
     length_dist: str = "zipf"  # synthetic: total request length distribution: fixed, uniform, zipf
     zipf_theta: float = 0.4  # synthetic: Zipf skew
@@ -61,6 +61,9 @@ class WorkloadConfig:
     gamma_cv: float = 2.0  # gamma: coefficient of variation of inter-arrival times
     max_tokens: int = 16  # jsonl: output length for lines without max_tokens
     seed: int = 0  # synthetic/trace: seed for lengths, arrivals and prompt token ids
+    offset: int = 0  # trace: skip this many rows first (num_requests rows are read after them; 0 = all)
+    time_scale: float = 1.0  # trace: arrival times (rebased to the first request read) multiplied by this; 0 = all at once
+    clip_to_context: bool = True  # trace: shorten prompt + output to fit the model's context
 
 
 @dataclass

@@ -57,7 +57,7 @@ def prepare(cfg: RunConfig) -> Prepared:
     check_devices(cfg)
     path, arch = resolve_model(cfg.model)
     ranges = layer_ranges(split_layers(cfg, path, arch))
-    requests = load_workload(cfg.workload, arch.vocab_size, arch.eos_token_ids)
+    requests = load_workload(cfg.workload, arch.vocab_size, arch.eos_token_ids, arch.max_position_embeddings)
     return Prepared(cfg, path, arch, requests, ranges)
 
 

@@ -71,7 +71,7 @@ def run_simulation(cfg: RunConfig, cost: CostModel | None = None, on_finished=No
     counts = layer_counts(arch, pp, cfg.parallel.partition, cost,
                           reference_shape(cfg.scheduler, pp, arch.max_position_embeddings))
     ranges = layer_ranges(counts)
-    requests = sim_requests(cfg.workload, arch.vocab_size, arch.eos_token_ids)
+    requests = sim_requests(cfg.workload, arch.vocab_size, arch.eos_token_ids, arch.max_position_embeddings)
     placeholder = bool(requests) and isinstance(requests[0].prompt_token_ids, PlaceholderTokens)
     jitter = cfg.sim.jitter if cfg.sim.jitter >= 0 else getattr(cost, "jitter", 0.0)
     if on_finished is None and cfg.sim.progress_every:
