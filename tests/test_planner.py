@@ -174,7 +174,7 @@ def test_matches_hf_pp2(hf_checkpoint, workload_file, run_config, tmp_path):
     for seq, prompt, n in zip(out.sequences, prompts, max_tokens):
         hf_tokens, hf_logits = hf_greedy(hf_model, prompt, n)
         assert_matches_hf(seq, hf_tokens, hf_logits, 2)
-    assert out.predictor and out.predictor["source"] == "probe"
+    assert out.predictor and out.predictor["source"] == "probe" and out.predictor["observations"] > 0
 
 
 # ---- the simulator: the same planner class at pp 4 and 8 -----------------------------------

@@ -81,6 +81,7 @@ def summarize(out: RunOutcome, config: dict | None = None) -> dict:
             "per_request_cdf_ms": sorted(v * 1e3 for v in bubble_values),
         },
         "driver": driver_summary(out, span),
+        # source, cost_model (the predictor's own description), online_scale, observations
         "predictor": {**(out.predictor or {}),
                       "error": percentiles(prediction_errors(out.stage_records, out.batches))},
         "batches": {"count": len(out.batches), "by_kind": kinds,

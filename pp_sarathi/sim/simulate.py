@@ -130,7 +130,9 @@ def run_simulation(cfg: RunConfig, cost: CostModel | None = None, on_finished=No
         f"{cfg.hardware.name}/tp{cfg.hardware.tp}" if isinstance(cost, RooflineCosts)
         else str(cost.describe().get("device")))
     return RunOutcome(seqs, batches, pipe.records, pp, clock.now(), ranges, device, None,
-                      sim=SimInfo(info, pipe.jitter_factor), predictor=cost.describe())
+                      sim=SimInfo(info, pipe.jitter_factor),
+                      predictor={"source": cost.describe().get("source"), "cost_model": cost.describe(),
+                                 "online_scale": 1.0, "observations": 0})
 
 
 def simulation_results(outcome: RunOutcome, config: dict | None = None) -> dict:
