@@ -30,10 +30,11 @@ class TargetRule:
 
     clamped to [one tile, the token budget ``chunk_size`` less the decodes] and rounded so that
     decodes + ``p`` is a tile multiple; the reference chunk reads the KV of half a typical
-    queued prompt. Many queued prompts (high P:D) give the budget; few (low P:D) give small, decode-led
-    micro-batches. T is re-derived once per pipeline round (``depth`` micro-batches). When the queue holds the last requests (none pending, all admissible) there
-    is nothing left to pace and the budget is used: spreading the last prompts thin would only
-    stretch the run's tail. T is smoothed exponentially from one micro-batch to the next.
+    queued prompt. Many queued prompts (high P:D) give the budget; few (low P:D) give small,
+    decode-led micro-batches. When the queue holds the last requests (none pending, all
+    admissible) there is nothing left to pace and the budget is used: spreading the last
+    prompts thin would only stretch the run's tail. T is re-derived once per pipeline round
+    (``depth`` micro-batches) and smoothed exponentially.
     """
 
     def __init__(self, chunk_size: int, tile: int, depth: int, max_batch_size: int,
