@@ -216,3 +216,29 @@ def test_balanced_partition_from_the_predictor():
     times = predicted_stage_seconds(big, counts, cost, ref)
     uniform = predicted_stage_seconds(big, [2, 2, 2, 2], cost, ref)
     assert max(times) < max(uniform)
+
+
+def test_probed_fit_recovers_its_terms_and_plan_cost_agrees():
+    """The probe's least squares recovers known terms; PlanCost's fast path equals its full one."""
+    from pp_sarathi.config import ModelConfig
+    from pp_sarathi.cost import BatchShape
+    from pp_sarathi.cost.probed import ProbedCosts
+    from pp_sarathi.model.arch import ModelArch
+
+    arch = ModelArch.from_config(ModelConfig())
+    truth = ProbedCosts(arch, "float32", {"weights": 2e-3, "per_token": 3e-5, "per_pair": 1e-8,
+                                          "per_decode_key": 4e-8, "per_part": 1e-4})
+    shapes = [([(32, 0)], []), ([(128, 0)], []), ([(256, 0)], []), ([(128, 384)], []),
+              ([(64, 0), (64, 64)], []), ([], [256] * 4), ([], [512] * 16), ([(96, 128)], [300] * 12)]
+    rows = [(BatchShape.of(p, d, 0), 4, truth.step(BatchShape.of(p, d, 0), 4)) for p, d in shapes]
+    fit = ProbedCosts.fit(arch, "float32", rows)
+    for k, v in truth.coef.items():
+        assert fit.coef[k] == pytest.approx(v, rel=1e-3), k
+    for layers in ([8], [4, 4], [3, 3, 2], [2, 2, 2, 2]):
+        pc = PlanCost(fit, layers)
+        dec = [300, 412, 90]
+        f = pc.with_decodes(dec)
+        for pre in ([], [(100, 0)], [(40, 200), (17, 0)]):
+            assert f(pre, 3) == pytest.approx(pc.seconds(pre, dec, 3), rel=1e-12)
+        pc.observe(pc.seconds([(64, 0)], dec, 3), 2 * pc.seconds([(64, 0)], dec, 3))
+        assert pc.scale == pytest.approx(2.0)  # the first observation sets the scale
