@@ -196,11 +196,14 @@ class SchedulerConfig(_Group):
     chunk_size: int = 128  # token budget of a batch = prefill chunk size (sarathi, sarathi_serve, vllm)
     # max requests over all in-flight micro-batches (one micro-batch: ⌈max_batch_size / pp⌉)
     max_batch_size: int = 28  # 28 = 14 per micro-batch at pp=2: the default P:D 10 sits at chunk/(B-1) = 128/13 like the paper's 256/26
-    tile_size: int = 1  # sarathi: round chunk + decodes down to a multiple of this (128 on GPUs)
+    tile_size: int = 1  # sarathi, sarathi_uniform: round chunk + decodes down to a multiple of this (128 on GPUs)
+    # sarathi_uniform: fixed target stage time per micro-batch in ms; unset = chosen online from the running decodes and the waiting prompts
+    target_ms: Optional[float] = None
 
     def rules(self) -> None:
         for name in ("chunk_size", "max_batch_size", "tile_size"):
             self._require(getattr(self, name) >= 1, name, ">= 1")
+        self._require(self.target_ms is None or self.target_ms > 0, "target_ms", "> 0 when set")
 
 
 @dataclass
@@ -223,7 +226,7 @@ class WorkloadConfig(_Group):
     key: ClassVar[str] = "workload"
     name: WorkloadName = WorkloadName.synthetic  # synthetic, jsonl or trace
     path: Optional[str] = None  # input file of jsonl and trace
-    num_requests: int = 64  # synthetic: how many requests
+    num_requests: int = 64  # synthetic: how many requests; trace: how many rows to read (0 = all)
     pd_ratio: float = 10.0  # synthetic: prompt tokens ÷ output tokens of each request (a length L gives round(L/(1+P:D)) output tokens)
     length_dist: LengthDist = LengthDist.zipf  # synthetic: total length (prompt + output) distribution: fixed (= max_len), uniform, zipf
     zipf_theta: float = 0.4  # synthetic: Zipf skew, P(L = min_len + k) ∝ 1/(k+1)^θ
@@ -234,8 +237,13 @@ class WorkloadConfig(_Group):
     gamma_cv: float = 2.0  # gamma: coefficient of variation of inter-arrival times
     max_tokens: int = 16  # jsonl: output length of lines without max_tokens
     seed: int = 0  # synthetic/trace: seed of lengths, arrivals and prompt ids
+    offset: int = 0  # trace: skip this many rows first (num_requests rows are read after them)
+    time_scale: float = 1.0  # trace: arrival times (rebased to the first request read) multiplied by this; 0 = all at once
+    clip_to_context: bool = True  # trace: shorten prompt + output to fit the model's context
 
     def rules(self) -> None:
+        self._require(self.offset >= 0, "offset", ">= 0")
+        self._require(self.time_scale >= 0, "time_scale", ">= 0")
         if self.name != WorkloadName.synthetic:  # the synthetic knobs mean nothing to files
             return
         self._require(self.num_requests >= 1, "num_requests", ">= 1")
@@ -275,7 +283,7 @@ class ParallelConfig(_Group):
     key: ClassVar[str] = "parallel"
     pp: int = 2  # pipeline stages (processes)
     backend: Backend = Backend.auto  # auto (nccl on GPUs, gloo on CPU), gloo or nccl
-    # uniform, balanced (by parameter count, embedding and LM head included) or a list of layer counts, e.g. `parallel.partition=[3,5]`
+    # uniform, balanced (minimises the slowest stage's predicted time for a budget-sized hybrid micro-batch: the cached calibration of this model, else `sim.profile`, else the `hardware` roofline) or a list of layer counts, e.g. `parallel.partition=[3,5]`
     partition: Any = "uniform"
     timeout_s: float = 60.0  # a stage silent this long (or a dead peer) ends the run; finished requests are kept
     threads_per_stage: int = 0  # CPU threads per stage; 0 = cores ÷ local stages
@@ -320,7 +328,7 @@ class CompareConfig(_Group):
     `compare.schedulers` on the same workload and takes each one's ratios against the baseline."""
 
     key: ClassVar[str] = "compare"
-    schedulers: List[SchedulerName] = field(default_factory=lambda: [SchedulerName.orca, SchedulerName.sarathi])  # schedulers to run, in this order (must include the baseline)
+    schedulers: List[SchedulerName] = field(default_factory=lambda: [SchedulerName.orca, SchedulerName.sarathi, SchedulerName.sarathi_uniform])  # schedulers to run, in this order (must include the baseline)
     baseline: SchedulerName = SchedulerName.orca  # ratios of every other scheduler are taken against this one
 
     def rules(self) -> None:

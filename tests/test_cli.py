@@ -90,14 +90,17 @@ def test_compare_writes_ratios(tmp_path):
     r = cli(["compare", *TINY, f"hydra.run.dir={d}"])
     assert r.returncode == 0, r.stderr[-3000:]
     comp = json.loads((d / "compare.json").read_text())
-    assert set(comp["schedulers"]) == {"orca", "sarathi"}
+    assert set(comp["schedulers"]) == {"orca", "sarathi", "sarathi_uniform"}
     for key in ("bubble_total", "bubble_per_request_p50", "throughput"):
         assert isinstance(comp["ratios"][key], (int, float)) and comp["ratios"][key] > 0, key
-    for name in ("orca", "sarathi"):
+        for name in ("sarathi", "sarathi_uniform"):
+            assert comp["ratios_by_scheduler"][name][key] > 0, (name, key)
+    assert comp["ratios_by_scheduler"]["sarathi"] == comp["ratios"]
+    for name in ("orca", "sarathi", "sarathi_uniform"):
         assert comp["schedulers"][name]["num_stages"] == 2
         assert (d / name / "results.json").exists() and (d / name / "outputs.jsonl").exists()
     assert (d / "compare_timeline.png").exists()
-    assert "bubble_total" in r.stdout
+    assert "bubble_total" in r.stdout and "sarathi_uniform" in r.stdout
 
 
 def _one_line_error(r, needle):

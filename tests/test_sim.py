@@ -407,7 +407,7 @@ def _key_paths(d, prefix=""):
     if isinstance(d, dict):
         for k, v in d.items():
             out.add(prefix + str(k))
-            if k not in ("config", "sim"):
+            if k not in ("config", "sim", "cost_model"):  # cost_model: each predictor describes itself
                 out |= _key_paths(v, prefix + str(k) + ".")
     elif isinstance(d, list) and d and isinstance(d[0], dict):
         out |= _key_paths(d[0], prefix + "[].")

@@ -208,3 +208,14 @@ def test_jsonl_missing_or_empty(tmp_path):
 def test_unknown_workload():
     with pytest.raises(ValueError, match="synthetic, jsonl or trace"):
         load_workload(WorkloadConfig(name="sharegpt"), VOCAB)
+
+
+def test_trace_window_scale_and_clip(tmp_path):
+    path = tmp_path / "trace.csv"
+    path.write_text("num_prefill_tokens,num_decode_tokens,arrived_at\n10,3,0.0\n7,1,2.0\n300,50,4.0\n20,5,6.0\n")
+    cfg = WorkloadConfig(name="trace", path=str(path), num_requests=2, offset=1, time_scale=0.5)
+    reqs = load_workload(cfg, VOCAB, EOS, max_len=128)
+    assert [(len(r.prompt_token_ids), r.max_tokens, r.arrival_time) for r in reqs] == [(7, 1, 0.0), (127, 1, 1.0)]
+    cfg = WorkloadConfig(name="trace", path=str(path), num_requests=0, time_scale=0.0, clip_to_context=False)
+    reqs = load_workload(cfg, VOCAB, EOS, max_len=128)
+    assert len(reqs) == 4 and {r.arrival_time for r in reqs} == {0.0} and reqs[2].max_tokens == 50

@@ -24,6 +24,12 @@ def print_results(results: dict[str, dict]) -> None:
             f"{r['stages'][s]['bubble_s']:.2f} ({r['stages'][s]['bubble_fraction']:.0%})" if s < len(r["stages"]) else "-")))
         rows.append((f"stage {s} compute / recv-wait (s)", lambda r, s=s: (
             f"{r['stages'][s]['compute_s']:.2f} / {r['stages'][s]['recv_wait_s']:.2f}" if s < len(r["stages"]) else "-")))
+        rows.append((f"stage {s} compute CV all / prefill", lambda r, s=s: (
+            f"{_fmt(r['stages'][s].get('compute_cv'), 2)} / {_fmt(r['stages'][s].get('compute_cv_prefill'), 2)}"
+            if s < len(r["stages"]) else "-")))
+    rows.append(("predictor error p50 / p90", lambda r: (
+        f"{_fmt(100 * r['predictor']['error']['p50'], 0)} / {_fmt(100 * r['predictor']['error']['p90'], 0)} %"
+        if r.get("predictor", {}).get("error", {}).get("p50") is not None else "-")))
     width = max(len(label) for label, _ in rows) + 2
     col = max(18, *(len(n) + 2 for n in names))
     print("".ljust(width) + "".join(n.rjust(col) for n in names))

@@ -39,6 +39,10 @@ class BatchRecord:
     scheduled_at: float
     done_at: float
     request_indices: list[int]
+    # The scheduler's predicted compute seconds of this micro-batch per stage (None: no predictor).
+    predicted_stage_s: list[float] | None = None
+    # The target stage time the planner aimed at (sarathi_uniform), seconds.
+    target_s: float | None = None
 
 
 @dataclass(slots=True)
@@ -74,3 +78,4 @@ class RunOutcome:
     error: str | None = None  # set when the run ended early (a failed stage, ...)
     driver_spans: list[DriverSpan] = field(default_factory=list)  # the driver's own work
     sim: SimInfo | None = None  # set by the simulator
+    predictor: dict | None = None  # the stage-time predictor the scheduler used (its describe())

@@ -5,6 +5,7 @@ import numpy as np
 
 from .records import RunOutcome
 from .bubbles import account, per_request_bubble
+from .uniformity import prediction_errors, stage_uniformity
 
 
 def percentiles(values, scale: float = 1.0) -> dict:
@@ -46,6 +47,7 @@ def summarize(out: RunOutcome, config: dict | None = None) -> dict:
             "bubble_s": bub,
             "bubble_fraction": bub / span_s if span_s > 0 else 0.0,
             "bubble_causes_s": report.stage_causes_s.get(s, {}),
+            **stage_uniformity(out.stage_records, out.batches, s),
         })
     bubble_values = [req_bubble.get(s.index, 0.0) for s in seqs if s.token_times]
     reasons: dict[str, int] = {}
@@ -79,6 +81,9 @@ def summarize(out: RunOutcome, config: dict | None = None) -> dict:
             "per_request_cdf_ms": sorted(v * 1e3 for v in bubble_values),
         },
         "driver": driver_summary(out, span),
+        # source, cost_model (the predictor's own description), online_scale, observations
+        "predictor": {**(out.predictor or {}),
+                      "error": percentiles(prediction_errors(out.stage_records, out.batches))},
         "batches": {"count": len(out.batches), "by_kind": kinds,
                     "mean_tokens": float(np.mean([b.num_prefill_tokens + b.num_decode_tokens
                                                   for b in out.batches])) if out.batches else 0.0},

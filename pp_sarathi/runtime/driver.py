@@ -80,7 +80,8 @@ def drive(scheduler: Scheduler, pipeline: Pipeline, clock: StageClock,
             unwritten = scheduler.on_batch_done(plan, results, done_at)
             batches.append(BatchRecord(plan.id, plan.kind, len(plan.parts), plan.num_prefill_tokens,
                                        plan.num_decode_tokens, plan.scheduled_at, done_at,
-                                       [p.seq_index for p in plan.parts]))
+                                       [p.seq_index for p in plan.parts], plan.predicted_stage_s,
+                                       plan.target_s))
             spans.append(DriverSpan("results", done_at, clock.now()))
             continue
         if stopping:
@@ -98,13 +99,21 @@ def drive(scheduler: Scheduler, pipeline: Pipeline, clock: StageClock,
     return batches
 
 
+def _observe(observer, plan: BatchPlan, start, end, clock) -> None:
+    """Hand stage 0's measured compute of ``plan`` to the predictor's online refinement (host
+    clocks only: reading a CUDA event here would synchronise the hot path)."""
+    if observer is not None and plan.predicted_stage_s and not getattr(clock, "cuda", False):
+        observer(plan.predicted_stage_s[0], clock.seconds(end) - clock.seconds(start))
+
+
 class LocalPipeline:
-    """pp=1: every layer in this process; submit computes at once, collect hands results back."""
+    """pp=1: every layer in this process; submit computes at once, collect hands results back.
+    ``observer(predicted_s, measured_s)``: told every micro-batch's compute time."""
 
     num_stages = 1
 
-    def __init__(self, executor: StageExecutor, clock: StageClock):
-        self.executor, self.clock = executor, clock
+    def __init__(self, executor: StageExecutor, clock: StageClock, observer=None):
+        self.executor, self.clock, self.observer = executor, clock, observer
         self.timeline = StageTimeline(clock, 0)
         self._done: deque[list[SampleResult | None]] = deque()
 
@@ -113,6 +122,7 @@ class LocalPipeline:
         results = self.executor.step(plan.parts)
         end = self.clock.stamp()
         self.timeline.add(plan.id, start, start, start, end, end, end)
+        _observe(self.observer, plan, start, end, self.clock)
         self._done.append(results)
 
     def collect(self) -> list[SampleResult | None]:
@@ -130,10 +140,11 @@ class FirstStage:
     """Stage 0 of a pipeline on its own thread of rank 0, fed by the driver through a queue.
 
     Sampled tokens come back to the driver thread directly from the last stage; only this
-    thread sends to stage 1."""
+    thread sends to stage 1. ``observer(predicted_s, measured_s)``: told every micro-batch's
+    stage-0 compute time."""
 
-    def __init__(self, executor: StageExecutor, link: StageLink, timeline: StageTimeline):
-        self.executor, self.link, self.timeline = executor, link, timeline
+    def __init__(self, executor: StageExecutor, link: StageLink, timeline: StageTimeline, observer=None):
+        self.executor, self.link, self.timeline, self.observer = executor, link, timeline, observer
         self.error: BaseException | None = None
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="pp_sarathi-stage-0", daemon=True)
@@ -162,6 +173,7 @@ class FirstStage:
                 c1 = clock.stamp()
                 link.send_activations(item.id, item.parts, hidden)
                 self.timeline.add(item.id, r0, r1, r1, c1, c1, clock.stamp())
+                _observe(self.observer, item, r1, c1, clock)
                 r0 = None
         except BaseException as exc:  # surfaced to the driver on its next collect
             self.error = exc
@@ -177,11 +189,11 @@ class PipelineFront:
     idle stage never mistakes a quiet workload for a dead driver."""
 
     def __init__(self, executor: StageExecutor, link: StageLink, timeline: StageTimeline,
-                 heartbeat_s: float):
+                 heartbeat_s: float, observer=None):
         self.link, self.clock = link, timeline.clock
         self.num_stages = link.world
         self.heartbeat_s = heartbeat_s
-        self.first = FirstStage(executor, link, timeline)
+        self.first = FirstStage(executor, link, timeline, observer)
         self._order: deque[int] = deque()
 
     def submit(self, plan: BatchPlan) -> None:

@@ -27,6 +27,7 @@ from ..metrics.records import RunOutcome
 from ..metrics.timing import StageClock, StageTimeline
 from ..model.loader import parse_dtype
 from .driver import DriverLog, LocalPipeline, PipelineFront, StopRequest, drive
+from .calibrate import run_predictor
 from .host import prepare_host
 from .prepare import Prepared, new_scheduler
 from .stage import build_executor, pick_device, serve_stage
@@ -219,8 +220,9 @@ def run_rank(prep: Prepared, rank: int, world: int, local_rank: int,
         serve_stage(executor, link, timeline)
         dist.gather_object(timeline.records(), None, dst=0)
         return None
-    scheduler = new_scheduler(prep)
-    front = PipelineFront(executor, link, timeline, heartbeat_interval(cfg.parallel.timeout_s))
+    predictor = run_predictor(cfg, prep.model_path, prep.arch, executor, prep.layer_ranges)
+    scheduler = new_scheduler(prep, predictor)
+    front = PipelineFront(executor, link, timeline, heartbeat_interval(cfg.parallel.timeout_s), predictor.observe)
     driver = DriverLog()
     t0 = time.perf_counter()
     error = None
@@ -240,7 +242,13 @@ def run_rank(prep: Prepared, rank: int, world: int, local_rank: int,
         dist.gather_object(records, gathered, dst=0)
         records = [r for part in gathered for r in (part or [])]
     return RunOutcome(seqs, driver.batches, records, world, wall, prep.layer_ranges, str(device), error,
-                      driver_spans=driver.spans)
+                      driver_spans=driver.spans, predictor=predictor_info(predictor))
+
+
+def predictor_info(predictor) -> dict:
+    """results.json's ``predictor`` section (less the error, which metrics adds)."""
+    return {"source": predictor.cost.describe().get("source"), "cost_model": predictor.cost.describe(),
+            "online_scale": predictor.scale, "observations": predictor.observations}
 
 
 def serve_local(prep: Prepared, on_finished=None, stop: StopRequest | None = None) -> RunOutcome:
@@ -249,13 +257,14 @@ def serve_local(prep: Prepared, on_finished=None, stop: StopRequest | None = Non
     device = pick_device(cfg)
     prepare_host(1, cfg.parallel)
     executor = build_executor(cfg, prep.model_path, prep.arch, (0, prep.arch.num_layers), device)
-    scheduler = new_scheduler(prep)
+    predictor = run_predictor(cfg, prep.model_path, prep.arch, executor, prep.layer_ranges)
+    scheduler = new_scheduler(prep, predictor)
     clock = StageClock(device)
-    pipeline = LocalPipeline(executor, clock)
+    pipeline = LocalPipeline(executor, clock, predictor.observe)
     driver = DriverLog()
     t0 = time.perf_counter()
     drive(scheduler, pipeline, clock, on_finished, driver, stop)
     wall = time.perf_counter() - t0
     seqs = [scheduler.seqs[r.index] for r in prep.requests]
     return RunOutcome(seqs, driver.batches, pipeline.timeline.records(), 1, wall, prep.layer_ranges,
-                      str(device), driver_spans=driver.spans)
+                      str(device), driver_spans=driver.spans, predictor=predictor_info(predictor))

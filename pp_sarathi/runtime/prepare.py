@@ -1,10 +1,13 @@
 """Everything checked and resolved before any stage starts: config, model, workload."""
 from __future__ import annotations
 
+import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import RunConfig
+from ..cost import ProfileCosts, RooflineCosts
 from ..model.arch import ModelArch
 from ..model.source import resolve_checkpoint
 from ..model.text_output import TextOutput
@@ -12,9 +15,12 @@ from ..model.text_support import TextSupport
 from ..model.tokenizer import Tokenizer
 from ..scheduler import BlockManager, Scheduler, make_scheduler
 from ..workload import Request, load_workload
-from .partition import layer_counts, layer_ranges
+from .calibrate import load_cached
+from .partition import layer_counts, layer_ranges, predicted_stage_seconds, reference_shape
 from .sampler import Sampler
 from .stage import num_kv_blocks
+
+log = logging.getLogger("pp_sarathi")
 
 
 @dataclass
@@ -53,19 +59,46 @@ def prepare(cfg: RunConfig) -> Prepared:
     check_devices(cfg)
     src = resolve_checkpoint(cfg.model)
     path, arch = src.path, src.arch
-    ranges = layer_ranges(layer_counts(arch, cfg.parallel.pp, cfg.parallel.partition))
+    ranges = layer_ranges(split_layers(cfg, path, arch))
     text = TextSupport(path, src.embedded)
     if cfg.sampling.stop:
         text.require("sampling.stop")
-    requests = load_workload(cfg.workload, arch.vocab_size, arch.eos_token_ids, text.encode)
+    requests = load_workload(cfg.workload, arch.vocab_size, arch.eos_token_ids, text.encode,
+                             arch.max_position_embeddings)
     return Prepared(cfg, path, arch, requests, ranges, text.tokenizer)
 
 
-def new_scheduler(prep: Prepared) -> Scheduler:
+def split_layers(cfg: RunConfig, path: Path, arch: ModelArch) -> list[int]:
+    """``parallel.partition``'s layer counts; ``balanced`` from the stage-time predictor this
+    machine has (a cached calibration of this model, else the ``hardware`` roofline), its
+    predicted time per stage logged."""
+    pp, partition = cfg.parallel.pp, cfg.parallel.partition
+    if partition != "balanced":
+        return layer_counts(arch, pp, partition)
+    cost = None
+    if cfg.sim.profile:
+        cost = ProfileCosts.from_csv(cfg.sim.profile, arch, cfg.model.dtype, statistic=cfg.sim.profile_statistic)
+    elif not cfg.device.startswith("cuda"):
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        threads = cfg.parallel.threads_per_stage or max(1, cores // max(1, pp))
+        cost = load_cached(cfg, path, arch, "cpu", threads)
+    cost = cost or RooflineCosts(arch, cfg.model.dtype, cfg.hardware)
+    ref = reference_shape(cfg.scheduler, pp, arch.max_position_embeddings)
+    counts = layer_counts(arch, pp, partition, cost, ref)
+    times = predicted_stage_seconds(arch, counts, cost, ref)
+    log.info("balanced partition %s (from the %s predictor): predicted ms per stage for a %d-token "
+             "micro-batch: %s", counts, cost.source, ref.num_tokens, ", ".join(f"{1e3 * t:.1f}" for t in times))
+    return counts
+
+
+def new_scheduler(prep: Prepared, predictor=None) -> Scheduler:
+    """The run's scheduler with its requests; ``predictor``: a
+    :class:`~pp_sarathi.cost.plan.PlanCost` (sarathi_uniform plans with it, every policy
+    records its plans' predicted stage times)."""
     cfg = prep.cfg
     blocks = BlockManager(num_kv_blocks(cfg, prep.arch), cfg.cache.block_size)
     sched = make_scheduler(cfg.scheduler, blocks, prep.arch.max_position_embeddings, cfg.parallel.pp,
-                           prep.arch.eos_token_ids, cfg.sampling.ignore_eos)
+                           prep.arch.eos_token_ids, cfg.sampling.ignore_eos, predictor)
     if prep.tokenizer is not None:
         sched.text = TextOutput(prep.tokenizer, cfg.sampling.stop)
     sched.add_requests(prep.requests, prep.arch.vocab_size)

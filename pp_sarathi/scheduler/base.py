@@ -29,8 +29,12 @@ class Scheduler:
     text = None
 
     def __init__(self, cfg: SchedulerConfig, blocks: BlockManager, max_model_len: int,
-                 max_inflight: int = 1, eos_token_ids: tuple[int, ...] = (), ignore_eos: bool = False):
+                 max_inflight: int = 1, eos_token_ids: tuple[int, ...] = (), ignore_eos: bool = False,
+                 predictor=None):
         self.cfg = cfg
+        # Stage-time predictor (pp_sarathi.cost.plan.PlanCost, duck-typed): when set, every plan
+        # carries its predicted stage times; sarathi_uniform plans with it.
+        self.predictor = predictor
         self.blocks = blocks
         self.max_model_len = max_model_len
         self.max_inflight = max(1, max_inflight)
@@ -97,7 +101,10 @@ class Scheduler:
         self.build(builder)
         if not builder.parts:
             return None
-        plan = BatchPlan(id=self._next_batch_id, parts=builder.parts, scheduled_at=now)
+        plan = BatchPlan(id=self._next_batch_id, parts=builder.parts, scheduled_at=now,
+                         target_s=builder.target_s)
+        if self.predictor is not None:
+            plan.predicted_stage_s = self.predict(plan)
         self._next_batch_id += 1
         for part in plan.parts:
             seq = self.seqs[part.seq_index]
@@ -105,6 +112,18 @@ class Scheduler:
             if seq.first_scheduled_time is None:
                 seq.first_scheduled_time = now
         return plan
+
+    def predict(self, plan: BatchPlan) -> list[float]:
+        """Predicted compute seconds of ``plan`` on every stage."""
+        prefills, decodes, sampled = [], [], 0
+        for p in plan.parts:
+            n = p.num_tokens
+            if n == 1:
+                decodes.append(p.start + 1)
+            else:
+                prefills.append((n, p.start))
+            sampled += p.sample
+        return self.predictor.stage_seconds(prefills, decodes, sampled)
 
     # ---- views the policies use ------------------------------------------------------
     def schedulable_decodes(self) -> list[Sequence]:
@@ -219,6 +238,7 @@ class BatchBuilder:
         self.now = now
         self.parts: list[ScheduledPart] = []
         self._members: set[int] = set()
+        self.target_s: float | None = None  # the target stage time a planner aimed at
 
     @property
     def num_tokens(self) -> int:

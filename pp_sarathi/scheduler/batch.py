@@ -24,6 +24,10 @@ class BatchPlan:
     id: int
     parts: list[ScheduledPart] = field(default_factory=list)
     scheduled_at: float = 0.0
+    # Predicted compute seconds per stage (when the scheduler has a stage-time predictor).
+    predicted_stage_s: list[float] | None = None
+    # The target stage time the planner aimed at (sarathi_uniform), seconds.
+    target_s: float | None = None
 
     @property
     def num_tokens(self) -> int:

@@ -1,7 +1,8 @@
-"""The five batching policies. Each is only the shape of a batch; bookkeeping is in base.py."""
+"""The six batching policies. Each is only the shape of a batch; bookkeeping is in base.py."""
 from __future__ import annotations
 
 from .base import BatchBuilder, Scheduler
+from .planner import TargetRule, fill_prefills
 
 
 class OrcaScheduler(Scheduler):
@@ -113,7 +114,29 @@ class SarathiServeScheduler(Scheduler):
             pass
 
 
+class SarathiUniformScheduler(Scheduler):
+    """Compute-uniform hybrid batches: decodes first, then prefill tokens (partial prefills,
+    then new requests, across prompt boundaries) until the micro-batch's predicted stage time
+    reaches a target T (:class:`~pp_sarathi.scheduler.planner.TargetRule`: chosen online, or
+    ``target_ms``), tile-aligned. Needs a stage-time predictor."""
+
+    name = "sarathi_uniform"
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.predictor is None:
+            raise ValueError("scheduler sarathi_uniform needs a stage-time predictor (make_scheduler(predictor=...))")
+        self.target = TargetRule(self.cfg.chunk_size, self.cfg.tile_size, self.max_inflight,
+                                 self.cfg.max_batch_size, self.cfg.target_ms)
+
+    def build(self, b: BatchBuilder) -> None:
+        for seq in self.schedulable_decodes():
+            b.add(seq)
+        b.target_s = self.target(self.running, self.waiting, self.predictor, not self.pending)
+        fill_prefills(b, self.predictor, b.target_s, self.cfg.tile_size)
+
+
 POLICIES: dict[str, type[Scheduler]] = {
     cls.name: cls for cls in (OrcaScheduler, VLLMScheduler, FasterTransformerScheduler,
-                              SarathiScheduler, SarathiServeScheduler)
+                              SarathiScheduler, SarathiServeScheduler, SarathiUniformScheduler)
 }

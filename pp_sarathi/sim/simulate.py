@@ -18,10 +18,11 @@ from ..model.arch import ModelArch
 from ..model.checkpoint import checkpoint_arch
 from ..runtime.driver import drive
 from ..metrics.records import RunOutcome, SimInfo
-from ..runtime.partition import layer_counts, layer_ranges
+from ..runtime.partition import layer_counts, layer_ranges, reference_shape
 from ..runtime.stage import num_kv_blocks
 from ..scheduler import BlockManager, make_scheduler
 from ..cost import CostModel, RooflineCosts, kv_capacity_tokens, make_cost_model
+from ..cost.plan import PlanCost
 from .engine import SimPipeline, TimeShare, VirtualClock
 from .workload import PlaceholderTokens, sim_requests
 
@@ -68,10 +69,11 @@ def run_simulation(cfg: RunConfig, cost: CostModel | None = None, on_finished=No
     host_t0 = time.perf_counter()
     arch = sim_arch(cfg)
     pp = cfg.parallel.pp
-    counts = layer_counts(arch, pp, cfg.parallel.partition)
-    ranges = layer_ranges(counts)
     cost = cost or make_cost_model(cfg, arch)
-    requests = sim_requests(cfg.workload, arch.vocab_size, arch.eos_token_ids)
+    counts = layer_counts(arch, pp, cfg.parallel.partition, cost,
+                          reference_shape(cfg.scheduler, pp, arch.max_position_embeddings))
+    ranges = layer_ranges(counts)
+    requests = sim_requests(cfg.workload, arch.vocab_size, arch.eos_token_ids, arch.max_position_embeddings)
     placeholder = bool(requests) and isinstance(requests[0].prompt_token_ids, PlaceholderTokens)
     jitter = cfg.sim.jitter if cfg.sim.jitter >= 0 else getattr(cost, "jitter", 0.0)
     if on_finished is None and cfg.sim.progress_every:
@@ -87,7 +89,7 @@ def run_simulation(cfg: RunConfig, cost: CostModel | None = None, on_finished=No
             blocks = BlockManager(num_kv_blocks(cfg, arch) * cfg.cache.block_size
                                   // arch.max_position_embeddings or 1, arch.max_position_embeddings)
         sched = make_scheduler(cfg.scheduler, blocks, arch.max_position_embeddings, pp,
-                               arch.eos_token_ids, ignore_eos=True)
+                               arch.eos_token_ids, ignore_eos=True, predictor=PlanCost(cost, counts))
         sched.add_requests(requests, None if placeholder else arch.vocab_size)
         clock = VirtualClock()
         pipe = SimPipeline(cost, counts, clock, dummy_token(cfg, arch), cfg.sim.driver_blocks_on_stage0,
@@ -130,7 +132,9 @@ def run_simulation(cfg: RunConfig, cost: CostModel | None = None, on_finished=No
         f"{cfg.hardware.name}/tp{cfg.hardware.tp}" if isinstance(cost, RooflineCosts)
         else str(cost.describe().get("device")))
     return RunOutcome(seqs, batches, pipe.records, pp, clock.now(), ranges, device, None,
-                      sim=SimInfo(info, pipe.jitter_factor))
+                      sim=SimInfo(info, pipe.jitter_factor),
+                      predictor={"source": cost.describe().get("source"), "cost_model": cost.describe(),
+                                 "online_scale": 1.0, "observations": 0})
 
 
 def simulation_results(outcome: RunOutcome, config: dict | None = None) -> dict:

@@ -65,12 +65,13 @@ class _Joined:
         return self.head.fill if key < n else self.tail[key - n]
 
 
-def sim_requests(cfg: WorkloadConfig, vocab_size: int, eos_token_ids: tuple[int, ...] = ()) -> list[Request]:
+def sim_requests(cfg: WorkloadConfig, vocab_size: int, eos_token_ids: tuple[int, ...] = (),
+                 max_len: int | None = None) -> list[Request]:
     """Synthetic workloads: exactly the lengths and arrivals of
     :func:`pp_sarathi.workload.synthetic.synthetic_requests` for the same seed, with
     placeholder prompts. Files (jsonl, trace) go through :func:`load_workload` unchanged."""
     if cfg.name != "synthetic":
-        return load_workload(cfg, vocab_size, eos_token_ids)
+        return load_workload(cfg, vocab_size, eos_token_ids, max_len)
     fill = next(t for t in range(max(1, vocab_size)) if t not in eos_token_ids) if vocab_size else 0
     return synthetic_requests(cfg, vocab_size, eos_token_ids,
                               make_prompt=lambda n: PlaceholderTokens(n, fill))  # type: ignore[arg-type,return-value]

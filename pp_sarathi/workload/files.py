@@ -78,8 +78,10 @@ def jsonl_requests(path: str | None, default_max_tokens: int, tokenize=None) -> 
     return out
 
 
-def trace_requests(path: str | None, vocab_size: int, seed: int, avoid: tuple[int, ...] = ()) -> list[Request]:
-    """CSV with ``num_prefill_tokens,num_decode_tokens[,arrived_at]``; prompts are random ids."""
+def trace_requests(path: str | None, vocab_size: int, seed: int, avoid: tuple[int, ...] = (),
+                   offset: int = 0, limit: int | None = None) -> list[Request]:
+    """CSV with ``num_prefill_tokens,num_decode_tokens[,arrived_at]``; prompts are random ids.
+    ``offset``, ``limit``: only rows offset .. offset + limit - 1 (of the data rows) are read."""
     p = _require(path, "trace")
     rng = np.random.default_rng(seed)
     out: list[Request] = []
@@ -88,7 +90,11 @@ def trace_requests(path: str | None, vocab_size: int, seed: int, avoid: tuple[in
         cols = set(reader.fieldnames or [])
         if not {"num_prefill_tokens", "num_decode_tokens"} <= cols:
             raise WorkloadFileError(f"{p}:1: header must name num_prefill_tokens,num_decode_tokens")
-        for row in reader:
+        for k, row in enumerate(reader):
+            if k < offset:
+                continue
+            if limit is not None and len(out) >= limit:
+                break
             lineno = reader.line_num  # the file's line (DictReader skips blank lines)
             try:
                 prefill = int(row["num_prefill_tokens"])

@@ -1,0 +1,244 @@
+"""The compute-uniform planner (sarathi_uniform): spans prompts, tiles, caps, KV, its target T
+and how T adapts; pure Python with a synthetic cost model (no torch)."""
+from __future__ import annotations
+
+import pytest
+
+from pp_sarathi.config import SchedulerConfig
+from pp_sarathi.cost import CostModel, PlanCost
+from pp_sarathi.scheduler import BlockManager, make_scheduler
+from pp_sarathi.scheduler.planner import TargetRule, largest_fit
+from test_scheduler import FakePipeline, reference, req
+
+
+class ToyCost(CostModel):
+    """Linear in tokens, attention proportional to the pairs it reads, a fixed per-batch cost."""
+
+    source = "toy"
+
+    def __init__(self):
+        super().__init__(None, "float32")
+
+    def linear(self, t): return 1e-4 * t  # noqa: E704
+    def misc(self, t): return 0.0  # noqa: E704
+    def attn_prefill(self, c, k): return 2e-7 * c * (k + c / 2)  # noqa: E704
+    def attn_decode(self, ctx): return 2e-7 * sum(ctx)  # noqa: E704
+    def embed(self, t): return 1e-6 * t  # noqa: E704
+    def lm_head(self, rows): return 2e-5 * rows  # noqa: E704
+    def sample(self, rows): return 0.0  # noqa: E704
+    def overhead(self, parts, t): return 1e-3  # noqa: E704
+    def p2p(self, nbytes): return 0.0  # noqa: E704
+
+
+def make(*, chunk=64, batch=8, tile=1, pp=1, num_blocks=4096, block_size=4, max_len=1024,
+         target_ms=None, layers=None):
+    cfg = SchedulerConfig(name="sarathi_uniform", chunk_size=chunk, max_batch_size=batch, tile_size=tile,
+                          target_ms=target_ms)
+    cost = PlanCost(ToyCost(), layers or [4] * pp)
+    return make_scheduler(cfg, BlockManager(num_blocks, block_size), max_len, pp, (0,), False, cost)
+
+
+def test_needs_a_predictor_and_a_positive_target():
+    with pytest.raises(ValueError, match="predictor"):
+        make_scheduler(SchedulerConfig(name="sarathi_uniform"), BlockManager(64, 4), 256)
+    with pytest.raises(ValueError, match="target_ms"):
+        make(target_ms=0.0)
+
+
+def test_largest_fit_is_tile_aligned():
+    fits = lambda n: n <= 50  # noqa: E731
+    assert largest_fit(fits, 40, 0, 16) == 40  # the whole remainder fits
+    assert largest_fit(fits, 100, 0, 16) == 48
+    assert largest_fit(fits, 100, 3, 16) == 45  # base 3 + 45 = 48
+    assert largest_fit(lambda n: False, 100, 0, 16) == 0
+
+
+def test_spans_prompt_boundaries():
+    """A prompt's short last chunk is topped up with the next prompt's first chunk."""
+    s = make(target_ms=18.0, chunk=64)
+    s.add_requests([req(0, 70, 4), req(1, 70, 4), req(2, 70, 4)])
+    p1 = s.schedule(0.0)
+    assert [x.seq_index for x in p1.parts] == [0]  # 70 tokens do not fit 18 ms: one chunk
+    s.on_batch_done(p1, [None], 1.0)
+    p2 = s.schedule(1.0)
+    idx = [x.seq_index for x in p2.parts]
+    assert idx[:2] == [0, 1], "the rest of prompt 0 then the start of prompt 1"
+    assert p2.parts[0].num_tokens == 70 - p1.parts[0].num_tokens
+    assert p2.parts[0].sample and not p2.parts[1].sample
+
+
+def test_tiles_caps_and_kv():
+    s = make(target_ms=50.0, tile=16, batch=4, pp=2)
+    s.add_requests([req(i, 37, 3) for i in range(6)])
+    plan = s.schedule(0.0)
+    assert plan.num_tokens % 16 == 0
+    assert len(plan.parts) <= s.per_batch_cap == 2
+    # KV: 10 blocks of 4 tokens hold 40 tokens; a new request never preempts.
+    s = make(target_ms=50.0, num_blocks=10, block_size=4)
+    s.add_requests([req(0, 30, 3), req(1, 30, 3)])
+    plan = s.schedule(0.0)
+    assert sum(s.blocks.blocks_for(x.start + x.num_tokens) for x in plan.parts) <= 10
+
+
+@pytest.mark.parametrize("pp,tile", [(1, 1), (2, 1), (2, 8), (4, 4)])
+def test_lossless_and_near_target(pp, tile):
+    """Outputs equal unbatched generation; every micro-batch the target cut short (its last
+    part a prompt chunk with tokens left, the request cap not reached) is within one tile's
+    time of its target."""
+    s = make(pp=pp, tile=tile, batch=8, chunk=48)
+    reqs = [req(i, 20 + 13 * i % 90, 2 + i % 7, arrival=0.3 * i) for i in range(24)]
+    s.add_requests(reqs)
+    near = []
+
+    def check(sched, plan, snap):
+        last = plan.parts[-1]
+        cut = last.is_prefill and last.start + last.num_tokens < sched.seqs[last.seq_index].num_tokens
+        if plan.target_s and cut and len(plan.parts) < sched.per_batch_cap:
+            tol = 0.01 + tile * 5e-4 / plan.target_s  # one tile of 4 toy layers
+            near.append((max(plan.predicted_stage_s) / plan.target_s, tol))
+
+    pipe = FakePipeline(s, pp, check)
+    pipe.run()
+    for r in reqs:
+        assert s.seqs[r.index].output_token_ids == reference(r, 1024, (0,))
+    assert len(near) >= 3, "few micro-batches were filled to their target"
+    assert all(abs(x - 1) <= tol for x, tol in near), sorted(near)[:3] + sorted(near)[-3:]
+
+
+def test_target_override_is_used():
+    s = make(target_ms=12.5)
+    s.add_requests([req(0, 300, 4)])
+    plan = s.schedule(0.0)
+    assert plan.target_s == pytest.approx(0.0125)
+    assert max(plan.predicted_stage_s) == pytest.approx(0.0125, rel=0.01)
+
+
+class _Seq:
+    def __init__(self, prompt, out, max_tokens, computed):
+        from pp_sarathi.workload.request import Request
+        self.request = Request(id="x", prompt_token_ids=[1] * prompt, max_tokens=max_tokens, index=0)
+        self.output_token_ids = [3] * out
+        self.num_computed = computed
+        self.prompt_len = prompt
+
+    num_tokens = property(lambda s: len(s.request.prompt_token_ids) + len(s.output_token_ids))
+    num_uncomputed = property(lambda s: s.num_tokens - s.num_computed)
+    is_prefill = property(lambda s: not s.output_token_ids or s.num_uncomputed > 1)
+
+
+def test_target_adapts_to_queue_and_decodes():
+    cost = PlanCost(ToyCost(), [4, 4])
+    rule = TargetRule(chunk_size=128, tile=1, depth=2, max_batch_size=32)
+    decodes = [_Seq(100, 5, 100, 104) for _ in range(8)]  # 95 decode steps left each
+    few = [_Seq(40, 0, 10, 0)]
+    many = [_Seq(400, 0, 10, 0) for _ in range(20)]
+    t_few = rule.raw(decodes, few, cost)
+    p_few = rule.prefill_tokens
+    t_many = rule.raw(decodes, many, cost)
+    assert t_many > t_few and rule.prefill_tokens > p_few, "a longer queue raises T"
+    t_more_dec = rule.raw(decodes * 3, few, cost)
+    assert t_more_dec > t_few, "more decodes per micro-batch raise T"
+    # No decodes running: the whole budget (nothing to pace prefills against).
+    rule.raw([], few, cost)
+    assert rule.prefill_tokens == 128
+    # Smoothing: T moves towards a new raw value gradually.
+    rule2 = TargetRule(chunk_size=128, tile=1, depth=2, max_batch_size=32)
+    a = rule2(decodes, few, cost)
+    b = rule2(decodes, many, cost)
+    assert a < b < t_many
+
+
+# ---- token-exact against transformers (real model, pp=1 and pp=2) ----------------------------
+
+def test_matches_hf_pp1(hf_checkpoint, workload_file, run_config):
+    from test_model_reference import _run_and_compare
+
+    path, hf_model = hf_checkpoint("llama")
+    out = _run_and_compare(path, hf_model, workload_file, run_config, chunk_size=16, k=2,
+                           lens=[3, 17, 30, 11], max_tokens=[6, 7, 5, 8], scheduler="sarathi_uniform")
+    assert all(b.predicted_stage_s for b in out.batches)
+    assert any(b.target_s for b in out.batches)
+
+
+def test_matches_hf_pp2(hf_checkpoint, workload_file, run_config, tmp_path):
+    from conftest import make_requests, random_prompts, run_pipeline
+    from test_model_reference import assert_matches_hf, hf_greedy
+
+    path, hf_model = hf_checkpoint("llama")
+    prompts = random_prompts([5, 23, 14, 31, 9], hf_model.config.vocab_size, seed=99)
+    max_tokens = [7, 4, 9, 5, 6]
+    cfg = run_config(path, workload_file(make_requests(prompts, max_tokens)), scheduler="sarathi_uniform",
+                     chunk_size=16, logprobs=2)
+    out = run_pipeline(cfg, 2, tmp_path)
+    assert out.error is None
+    for seq, prompt, n in zip(out.sequences, prompts, max_tokens):
+        hf_tokens, hf_logits = hf_greedy(hf_model, prompt, n)
+        assert_matches_hf(seq, hf_tokens, hf_logits, 2)
+    assert out.predictor and out.predictor["source"] == "probe" and out.predictor["observations"] > 0
+
+
+# ---- the simulator: the same planner class at pp 4 and 8 -----------------------------------
+
+@pytest.mark.parametrize("pp", [4, 8])
+def test_simulated_stage_bubble_below_sarathi(pp):
+    from test_sim_bubbles import imbalanced
+
+    from pp_sarathi.metrics.summary import summarize
+    from pp_sarathi.sim.simulate import run_simulation
+
+    res = {}
+    for name in ("sarathi", "sarathi_uniform"):
+        cfg = imbalanced(name, pp)
+        cfg.model.num_layers = max(8, pp)
+        res[name] = summarize(run_simulation(cfg))
+    frac = {n: max(s["bubble_fraction"] for s in r["stages"]) for n, r in res.items()}
+    assert frac["sarathi_uniform"] < frac["sarathi"], frac
+    assert res["sarathi_uniform"]["wall_s"] <= res["sarathi"]["wall_s"]
+    assert res["sarathi_uniform"]["throughput"]["decode_tokens"] == res["sarathi"]["throughput"]["decode_tokens"]
+    assert res["sarathi_uniform"]["predictor"]["error"]["p50"] == pytest.approx(0.0, abs=1e-9)
+
+
+def test_balanced_partition_from_the_predictor():
+    """The embedding lookup costs next to nothing; a heavy LM head takes layers off the last stage."""
+    from pp_sarathi.config import HardwareConfig, ModelConfig, SchedulerConfig
+    from pp_sarathi.cost import RooflineCosts
+    from pp_sarathi.model.arch import ModelArch
+    from pp_sarathi.runtime.partition import layer_counts, predicted_stage_seconds, reference_shape
+
+    arch = ModelArch.from_config(ModelConfig())
+    ref = reference_shape(SchedulerConfig(), 2, arch.max_position_embeddings)
+    cost = RooflineCosts(arch, "float32", HardwareConfig())
+    assert layer_counts(arch, 2, "balanced", cost, ref) == [4, 4]
+    big = ModelArch.from_config(ModelConfig(vocab_size=128000))
+    cost = RooflineCosts(big, "float32", HardwareConfig())
+    counts = layer_counts(big, 4, "balanced", cost, ref)
+    assert counts[-1] < max(counts) and sum(counts) == 8
+    times = predicted_stage_seconds(big, counts, cost, ref)
+    uniform = predicted_stage_seconds(big, [2, 2, 2, 2], cost, ref)
+    assert max(times) < max(uniform)
+
+
+def test_probed_fit_recovers_its_terms_and_plan_cost_agrees():
+    """The probe's least squares recovers known terms; PlanCost's fast path equals its full one."""
+    from pp_sarathi.config import ModelConfig
+    from pp_sarathi.cost import BatchShape
+    from pp_sarathi.cost.probed import ProbedCosts
+    from pp_sarathi.model.arch import ModelArch
+
+    arch = ModelArch.from_config(ModelConfig())
+    truth = ProbedCosts(arch, "float32", {"weights": 2e-3, "per_token": 3e-5, "per_pair": 1e-8,
+                                          "per_decode_key": 4e-8, "per_part": 1e-4})
+    shapes = [([(32, 0)], []), ([(128, 0)], []), ([(256, 0)], []), ([(128, 384)], []),
+              ([(64, 0), (64, 64)], []), ([], [256] * 4), ([], [512] * 16), ([(96, 128)], [300] * 12)]
+    rows = [(BatchShape.of(p, d, 0), 4, truth.step(BatchShape.of(p, d, 0), 4)) for p, d in shapes]
+    fit = ProbedCosts.fit(arch, "float32", rows)
+    for k, v in truth.coef.items():
+        assert fit.coef[k] == pytest.approx(v, rel=1e-3), k
+    for layers in ([8], [4, 4], [3, 3, 2], [2, 2, 2, 2]):
+        pc = PlanCost(fit, layers)
+        dec = [300, 412, 90]
+        f = pc.with_decodes(dec)
+        for pre in ([], [(100, 0)], [(40, 200), (17, 0)]):
+            assert f(pre, 3) == pytest.approx(pc.seconds(pre, dec, 3), rel=1e-12)
+        pc.observe(pc.seconds([(64, 0)], dec, 3), 2 * pc.seconds([(64, 0)], dec, 3))
+        assert pc.scale == pytest.approx(2.0)  # the first observation sets the scale
