@@ -55,10 +55,10 @@ llm = LLM(model=spec["model"], dtype="float32", skip_tokenizer_init=True, seed=0
 prompts = [TokensPrompt(prompt_token_ids=r["prompt_token_ids"]) for r in spec["requests"]]
 params = [SamplingParams(temperature=0.0, max_tokens=r["max_tokens"], min_tokens=r["max_tokens"],
                          ignore_eos=True, detokenize=False) for r in spec["requests"]]
-t0 = time.perf_counter()
+t0, c0 = time.perf_counter(), time.process_time()
 outs = llm.generate(prompts, params, use_tqdm=False)
-wall = time.perf_counter() - t0
-json.dump({"wall_s": wall, "outputs": [list(o.outputs[0].token_ids) for o in outs]},
+wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+json.dump({"wall_s": wall, "cpu_s": cpu, "outputs": [list(o.outputs[0].token_ids) for o in outs]},
           open(spec["out"], "w"))
 '''
 
@@ -121,6 +121,7 @@ def run_ours(workload: Path, threads: int, pp: int, scheduler: str, run_dir: Pat
     outs = read_outputs(run_dir)
     tokens = res["throughput"]["prompt_tokens"] + res["throughput"]["decode_tokens"]
     return {"wall_s": tokens / res["throughput"]["tokens_per_s"], "outputs": [o["output_token_ids"] for o in outs]}
+    # (no cpu_s: the run's process also loads the model; vLLM's worker times generate() alone)
 
 
 def agreement(a: list[list[int]], b: list[list[int]]) -> int:
@@ -209,6 +210,7 @@ def main(argv: list[str] | None = None) -> int:
                      " / ".join(f"{r['wall_s']:.1f}" for r in rs)])
         summary.append({"engine": name, "pp": pp, "scheduler": sched, "threads": t, "median_wall_s": wall,
                         "tokens_per_s": tps, "walls_s": [r["wall_s"] for r in rs],
+                        "cpu_s": [r.get("cpu_s") for r in rs],
                         "loads": [r["load"] for r in rs]})
     table = md_table(["threads", "engine", "median s", "tok/s", "vs vLLM-CPU (same threads)",
                       "outputs identical to vLLM", "runs s"], rows)
