@@ -120,8 +120,9 @@ def run_ours(workload: Path, threads: int, pp: int, scheduler: str, run_dir: Pat
                           "logging.trace=false", *extra], run_dir, timeout=timeout)
     outs = read_outputs(run_dir)
     tokens = res["throughput"]["prompt_tokens"] + res["throughput"]["decode_tokens"]
+    # Serving time as the run reports it (model load excluded); no CPU time: the run's process
+    # also loads the model, whereas vLLM's worker brackets generate() alone.
     return {"wall_s": tokens / res["throughput"]["tokens_per_s"], "outputs": [o["output_token_ids"] for o in outs]}
-    # (no cpu_s: the run's process also loads the model; vLLM's worker times generate() alone)
 
 
 def agreement(a: list[list[int]], b: list[list[int]]) -> int:
