@@ -16,6 +16,7 @@ to 2.13.0+cpu through a constraints file). Not part of CI or the test suite.
     .venv/bin/python scripts/bench_vs_vllm.py                       # threads 1 and 2, 3 rounds
     .venv/bin/python scripts/bench_vs_vllm.py --threads 2 --rounds 1 --skip-vllm
     .venv/bin/python scripts/bench_vs_vllm.py --pp2-scheduler sarathi,sarathi_uniform   # adds our pp=2 pipeline
+    .venv/bin/python scripts/bench_vs_vllm.py --omp-bind    # adds pp=1 with OpenMP threads bound to cores
 
 Writes OUT/vs_vllm.md, OUT/vs_vllm.json and the run dirs; OUT defaults to
 runs/bench_vs_vllm-<timestamp>. ``--docs docs/benchmarks.md`` also replaces the table between
