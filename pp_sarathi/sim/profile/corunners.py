@@ -27,7 +27,7 @@ def host_cores() -> int:
 
 def profile_threads_and_corunners(cfg: RunConfig, device: torch.device) -> tuple[int, int]:
     """(torch threads, co-running processes) of a profile: what one stage of a ``parallel.pp``
-    pipeline on this host gets (runtime/pipeline_threads.py) and how many other stages share
+    pipeline on this host gets (runtime/host.py) and how many other stages share
     the host with it. Auto: ``pp - 1`` on a CPU, but at most as many as have cores of their
     own; more stages than cores time-share them, which the simulation models itself."""
     cores = host_cores()
