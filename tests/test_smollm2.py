@@ -19,8 +19,9 @@ from test_cli import QUIET, cli  # noqa: E402
 
 from pp_sarathi.model.source import packaged_path  # noqa: E402
 
-# No digits: transformers' GGUF tokenizer does not split digits one by one as llama.cpp's
-# "smollm" pre-tokenizer (and SmolLM2's own tokenizer.json) do; ours follows llama.cpp.
+# No digits: ours follows llama.cpp's "smollm" pre-tokenizer (each digit its own word), which
+# transformers' GGUF tokenizer conversion does not promise to (they agreed on the one sample
+# with digits we tried); the test compares the model, not that corner of tokenization.
 PROMPTS = ["The capital of France is", "Once upon a time, there was a little robot who",
            "Water boils when"]
 MAX_TOKENS = 8
