@@ -73,6 +73,12 @@ def _run_and_compare(model_dir, hf_model, workload_file, run_config, chunk_size=
     cfg = run_config(model_dir, wl, scheduler=scheduler, chunk_size=chunk_size, logprobs=k)
     out = run_engine(cfg)
     assert [s.request.id for s in out.sequences] == [f"r{i}" for i in range(len(prompts))]
+    assert_run_matches_hf(out, hf_model, prompts, max_tokens, k)
+    return out
+
+
+def assert_run_matches_hf(out, hf_model, prompts, max_tokens, k) -> None:
+    """Every request of a run ran to length and matches HF's greedy tokens and logprobs."""
     compared = 0
     for seq, prompt, n in zip(out.sequences, prompts, max_tokens):
         assert seq.finish_reason == "length", (seq.request.id, seq.finish_reason)
@@ -80,7 +86,6 @@ def _run_and_compare(model_dir, hf_model, workload_file, run_config, chunk_size=
         compared += assert_matches_hf(seq, hf_tokens, hf_logits, k)
     # Ties are rare with random weights: almost everything must have been compared.
     assert compared >= 0.9 * sum(max_tokens)
-    return out
 
 
 @pytest.mark.parametrize("family", ["llama", "qwen2", "mistral"])
