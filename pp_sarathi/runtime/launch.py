@@ -166,6 +166,13 @@ def launch(prep: Prepared, finalize: Callable[[RunOutcome], None] | None = None,
             if p.is_alive():
                 p.kill()
                 p.join()
+    if interrupted is None:
+        # The stages were signalled but not this process (its SIGINT ignored, as in a
+        # background job, or a signal sent to the stages alone): they say so by their exit codes.
+        codes = {p.exitcode for p in procs} - {0}
+        stops = {128 + s.value: s.name for s in (signal.SIGINT, signal.SIGTERM)}
+        if codes and codes <= set(stops):
+            interrupted = stops[min(codes)]
     if interrupted is not None:
         raise RunInterrupted(f"run stopped by {interrupted}")
     if failed is None:
