@@ -17,6 +17,7 @@ One dataclass per config group, composed by hydra in the CLI layer (hydra/omegac
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import typing
 from dataclasses import dataclass, field
@@ -92,6 +93,12 @@ class Backend(Choice):
     auto = "auto"
     gloo = "gloo"
     nccl = "nccl"
+
+
+class BindCores(Choice):
+    auto = "auto"
+    on = "on"
+    off = "off"
 
 
 class WandbMode(Choice):
@@ -287,11 +294,16 @@ class ParallelConfig(_Group):
     partition: Any = "uniform"
     timeout_s: float = 60.0  # a stage silent this long (or a dead peer) ends the run; finished requests are kept
     threads_per_stage: int = 0  # CPU threads per stage; 0 = cores ÷ local stages
+    # pin each stage to its own cores, one thread per core (stage r of a host with t threads per stage: cores [r·t, (r+1)·t) of the CPUs the process may use, so `taskset` narrows them): auto = on a CPU device when the host's stages fit (stages × threads ≤ those CPUs), on = always (an error before any stage starts if they do not fit), off = the threads float; `OMP_PROC_BIND`/`OMP_PLACES` set by the user are kept
+    bind_cores: BindCores = BindCores.auto
     # glibc hosts: freed memory stays in the stage process instead of going back to the OS, so the next step's tensors reuse warm pages (no page faults; see docs/benchmarks.md)
     keep_freed_memory: bool = True
 
     def rules(self) -> None:
         self._require(self.pp >= 1, "pp", ">= 1")
+        self._require(self.threads_per_stage >= 0, "threads_per_stage", ">= 0")
+        self._require(self.bind_cores != BindCores.on or hasattr(os, "sched_setaffinity"), "bind_cores",
+                      "auto or off where the OS cannot set CPU affinity")
         p = self.partition
         if isinstance(p, str):
             self._require(p in ("uniform", "balanced"), "partition", "uniform, balanced or a list")

@@ -8,7 +8,7 @@ from ..metrics.summary import summarize
 from ..model.source import resolve_checkpoint
 from ..model.text_support import TextSupport
 from ..runtime.partition import layer_counts, layer_ranges
-from ..runtime.prepare import check_devices
+from ..runtime.prepare import check_devices, check_host
 from ..runtime.session import SessionSpec, StageFailure, StageSession
 from ..workload.request import Request
 from .config import build_config
@@ -37,6 +37,7 @@ class LLM:
         cfg = build_config(model, pp, scheduler, overrides)
         cfg.check()  # the config's own rules and choices (config.py), as the CLI applies them
         check_devices(cfg)
+        check_host(cfg)
         src = resolve_checkpoint(cfg.model)
         self.cfg, self.arch = cfg, src.arch
         self._text = TextSupport(src.path, src.embedded)

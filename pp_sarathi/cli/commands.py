@@ -10,7 +10,8 @@ from pathlib import Path
 from ..config import RunConfig
 from ..model.arch import UnsupportedModelError
 from ..model.loader import CheckpointError
-from ..runtime.launch import (PipelineFailure, RunInterrupted, install_stop_handlers, launch,
+from ..runtime.host import log_cores
+from ..runtime.launch import (PipelineFailure, RunInterrupted, install_stop_handlers, launch, local_core_plan,
                               run_stage_process, serve_local)
 from ..runtime.prepare import prepare
 from ..workload import WorkloadFileError
@@ -67,7 +68,11 @@ def execute(cfg: RunConfig, cfg_dict: dict, run_dir: str) -> dict | None:
         stage = stage_of_rank(rank, world)
         if rank == 0:
             log.info("stages: %s", _ranges_text(prep.layer_ranges))
-        run_stage_process(prep, stage, world, local_rank, local_world, finalize, partial)
+        plan = local_core_plan(cfg, local_world)
+        cores = plan[local_rank] if plan else None
+        if cores:
+            log_cores(stage, cores)
+        run_stage_process(prep, stage, world, local_rank, local_world, finalize, partial, cores)
         return _read_results(run_dir) if rank == 0 else None
     log.info("model %s, scheduler %s, pp=%d, stages: %s", cfg.model.name, cfg.scheduler.name,
              cfg.parallel.pp, _ranges_text(prep.layer_ranges))

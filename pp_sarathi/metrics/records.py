@@ -79,3 +79,5 @@ class RunOutcome:
     driver_spans: list[DriverSpan] = field(default_factory=list)  # the driver's own work
     sim: SimInfo | None = None  # set by the simulator
     predictor: dict | None = None  # the stage-time predictor the scheduler used (its describe())
+    # stage -> its process's torch threads, the CPUs they may run on, whether the run bound them
+    stage_cpus: dict[int, dict] = field(default_factory=dict)

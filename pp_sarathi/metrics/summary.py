@@ -48,6 +48,7 @@ def summarize(out: RunOutcome, config: dict | None = None) -> dict:
             "bubble_fraction": bub / span_s if span_s > 0 else 0.0,
             "bubble_causes_s": report.stage_causes_s.get(s, {}),
             **stage_uniformity(out.stage_records, out.batches, s),
+            **out.stage_cpus.get(s, {}),  # threads, cores, cores_bound (real runs)
         })
     bubble_values = [req_bubble.get(s.index, 0.0) for s in seqs if s.token_times]
     reasons: dict[str, int] = {}

@@ -19,6 +19,7 @@ from ..metrics.records import BatchRecord, DriverSpan
 from ..metrics.timing import StageClock, StageTimeline
 from ..scheduler import BatchPlan, SampleResult, Scheduler, Sequence
 from .executor import StageExecutor
+from .host import pin_compute_thread
 from .transport import StageLink
 
 
@@ -156,6 +157,7 @@ class FirstStage:
     def _run(self) -> None:
         clock, link = self.timeline.clock, self.link
         try:
+            pin_compute_thread()  # this thread's torch ops run on its own OpenMP team
             if self.executor.device.type == "cuda":  # a new thread starts on the default device
                 import torch
                 torch.cuda.set_device(self.executor.device)

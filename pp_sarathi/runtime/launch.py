@@ -28,7 +28,8 @@ from ..metrics.timing import StageClock, StageTimeline
 from ..model.loader import parse_dtype
 from .driver import DriverLog, LocalPipeline, PipelineFront, StopRequest, drive
 from .calibrate import run_predictor
-from .host import prepare_host
+from .host import (child_binding, cpu_report, log_cores, plan_cores, prepare_host, restore_threads,
+                   stage_threads, usable_cpus)
 from .prepare import Prepared, new_scheduler
 from .stage import build_executor, pick_device, serve_stage
 from .transport import StageLink
@@ -86,17 +87,32 @@ def free_port() -> int:
 
 
 def _stage_entry(rank: int, world: int, port: int, prep: Prepared,
-                 finalize: Callable[[RunOutcome], None] | None, on_finished_factory) -> None:
+                 finalize: Callable[[RunOutcome], None] | None, on_finished_factory,
+                 cores: list[int] | None = None) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       WORLD_SIZE=str(world), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world))
-    run_stage_process(prep, rank, world, rank, world, finalize, on_finished_factory)
+    run_stage_process(prep, rank, world, rank, world, finalize, on_finished_factory, cores)
+
+
+def local_core_plan(cfg, local_stages: int) -> list[list[int]] | None:
+    """The cores of each of this host's ``local_stages`` stages (``parallel.bind_cores``; None:
+    the threads float, said once when ``auto`` leaves a CPU run unbound)."""
+    device = pick_device(cfg).type
+    plan = plan_cores(cfg.parallel, local_stages, device)
+    if plan is None and cfg.parallel.bind_cores == "auto" and device == "cpu":
+        cpus = len(usable_cpus())
+        log.info("stage threads not bound to cores: %d local stages x %d threads exceed the %d usable "
+                 "CPUs (parallel.bind_cores=auto)", local_stages,
+                 stage_threads(local_stages, cfg.parallel.threads_per_stage, cpus), cpus)
+    return plan
 
 
 def run_stage_process(prep: Prepared, rank: int, world: int, local_rank: int, local_world: int,
-                      finalize, on_finished_factory) -> int:
-    """Body of one stage process (self-spawned, torchrun or deepspeed); exits non-zero on failure."""
+                      finalize, on_finished_factory, cores: list[int] | None = None) -> int:
+    """Body of one stage process (self-spawned, torchrun or deepspeed); exits non-zero on failure.
+    ``cores``: the CPUs this stage binds its threads to (None: they float)."""
     cfg = prep.cfg
-    prepare_host(local_world, cfg.parallel)
+    prepare_host(local_world, cfg.parallel, cores=cores)
     stop = install_stop_handlers(rank)
     try:
         init_process_group(cfg.parallel.backend, pick_device(cfg, local_rank), rank, world,
@@ -129,10 +145,14 @@ def launch(prep: Prepared, finalize: Callable[[RunOutcome], None] | None = None,
     world = prep.cfg.parallel.pp
     port = free_port()
     ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=_stage_entry, args=(r, world, port, prep, finalize, on_finished_factory),
+    plan = local_core_plan(prep.cfg, world) or [None] * world
+    procs = [ctx.Process(target=_stage_entry, args=(r, world, port, prep, finalize, on_finished_factory, plan[r]),
                          name=f"pp_sarathi-stage-{r}", daemon=False) for r in range(world)]
-    for p in procs:
-        p.start()
+    for r, p in enumerate(procs):
+        if plan[r]:
+            log_cores(r, plan[r])
+        with child_binding(plan[r]):  # the stage starts on its cores, before it loads torch
+            p.start()
     failed: tuple[int, int] | None = None
     deadline = None
     interrupted = None
@@ -225,7 +245,7 @@ def run_rank(prep: Prepared, rank: int, world: int, local_rank: int,
     timeline = StageTimeline(clock, rank)
     if rank != 0:
         serve_stage(executor, link, timeline)
-        dist.gather_object(timeline.records(), None, dst=0)
+        dist.gather_object((timeline.records(), cpu_report()), None, dst=0)
         return None
     predictor = run_predictor(cfg, prep.model_path, prep.arch, executor, prep.layer_ranges)
     scheduler = new_scheduler(prep, predictor)
@@ -242,14 +262,16 @@ def run_rank(prep: Prepared, rank: int, world: int, local_rank: int,
     front.close(cfg.parallel.timeout_s)
     seqs = [scheduler.seqs[r.index] for r in prep.requests]
     records = timeline.records()
+    cpus = {0: cpu_report()}
     if error is None:
         link.send_stop()
         link.flush()
         gathered: list = [None] * world
-        dist.gather_object(records, gathered, dst=0)
-        records = [r for part in gathered for r in (part or [])]
+        dist.gather_object((records, cpus[0]), gathered, dst=0)
+        records = [r for part in gathered for r in (part[0] if part else [])]
+        cpus = {r: part[1] for r, part in enumerate(gathered) if part}
     return RunOutcome(seqs, driver.batches, records, world, wall, prep.layer_ranges, str(device), error,
-                      driver_spans=driver.spans, predictor=predictor_info(predictor))
+                      driver_spans=driver.spans, predictor=predictor_info(predictor), stage_cpus=cpus)
 
 
 def predictor_info(predictor) -> dict:
@@ -262,16 +284,27 @@ def serve_local(prep: Prepared, on_finished=None, stop: StopRequest | None = Non
     """pp=1: the whole model in this process."""
     cfg = prep.cfg
     device = pick_device(cfg)
-    prepare_host(1, cfg.parallel)
-    executor = build_executor(cfg, prep.model_path, prep.arch, (0, prep.arch.num_layers), device)
-    predictor = run_predictor(cfg, prep.model_path, prep.arch, executor, prep.layer_ranges)
-    scheduler = new_scheduler(prep, predictor)
-    clock = StageClock(device)
-    pipeline = LocalPipeline(executor, clock, predictor.observe)
-    driver = DriverLog()
-    t0 = time.perf_counter()
-    drive(scheduler, pipeline, clock, on_finished, driver, stop)
-    wall = time.perf_counter() - t0
+    plan = local_core_plan(cfg, 1)
+    if plan:
+        log_cores(0, plan[0])
+    # This process outlives the run (compare, tests, the caller's own code): its threads get
+    # their CPU masks back afterwards.
+    previous = prepare_host(1, cfg.parallel, cores=plan[0] if plan else None)
+    try:
+        executor = build_executor(cfg, prep.model_path, prep.arch, (0, prep.arch.num_layers), device)
+        predictor = run_predictor(cfg, prep.model_path, prep.arch, executor, prep.layer_ranges)
+        scheduler = new_scheduler(prep, predictor)
+        clock = StageClock(device)
+        pipeline = LocalPipeline(executor, clock, predictor.observe)
+        driver = DriverLog()
+        t0 = time.perf_counter()
+        drive(scheduler, pipeline, clock, on_finished, driver, stop)
+        wall = time.perf_counter() - t0
+        cpus = {0: cpu_report()}
+    finally:
+        if previous is not None:
+            restore_threads(previous)
     seqs = [scheduler.seqs[r.index] for r in prep.requests]
     return RunOutcome(seqs, driver.batches, pipeline.timeline.records(), 1, wall, prep.layer_ranges,
-                      str(device), driver_spans=driver.spans, predictor=predictor_info(predictor))
+                      str(device), driver_spans=driver.spans, predictor=predictor_info(predictor),
+                      stage_cpus=cpus)

@@ -16,6 +16,7 @@ from ..model.tokenizer import Tokenizer
 from ..scheduler import BlockManager, Scheduler, make_scheduler
 from ..workload import Request, load_workload
 from .calibrate import load_cached
+from .host import plan_cores, stage_threads
 from .partition import layer_counts, layer_ranges, predicted_stage_seconds, reference_shape
 from .sampler import Sampler
 from .stage import num_kv_blocks
@@ -52,11 +53,27 @@ def check_devices(cfg: RunConfig) -> None:
                          "parallel.backend=nccl (one GPU per stage), or device=cpu")
 
 
+def local_stages(cfg: RunConfig) -> int:
+    """Stages on this host: every stage, unless a launcher (torchrun, deepspeed) says otherwise."""
+    if "RANK" in os.environ and "LOCAL_WORLD_SIZE" in os.environ:
+        return int(os.environ["LOCAL_WORLD_SIZE"])
+    return cfg.parallel.pp
+
+
+def check_host(cfg: RunConfig) -> None:
+    """Refuse ``parallel.bind_cores=on`` when this host's stages do not fit on distinct cores."""
+    import torch
+
+    cuda = cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available())
+    plan_cores(cfg.parallel, local_stages(cfg), "cuda" if cuda else "cpu")
+
+
 def prepare(cfg: RunConfig) -> Prepared:
     """Validate the config, write/locate the model, read the workload: fail here, early."""
     cfg.check()  # the config's own rules (config.py), again: fields may have been set since
     Sampler(cfg.sampling)  # validates sampling settings
     check_devices(cfg)
+    check_host(cfg)
     src = resolve_checkpoint(cfg.model)
     path, arch = src.path, src.arch
     ranges = layer_ranges(split_layers(cfg, path, arch))
@@ -79,9 +96,7 @@ def split_layers(cfg: RunConfig, path: Path, arch: ModelArch) -> list[int]:
     if cfg.sim.profile:
         cost = ProfileCosts.from_csv(cfg.sim.profile, arch, cfg.model.dtype, statistic=cfg.sim.profile_statistic)
     elif not cfg.device.startswith("cuda"):
-        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-        threads = cfg.parallel.threads_per_stage or max(1, cores // max(1, pp))
-        cost = load_cached(cfg, path, arch, "cpu", threads)
+        cost = load_cached(cfg, path, arch, "cpu", stage_threads(pp, cfg.parallel.threads_per_stage))
     cost = cost or RooflineCosts(arch, cfg.model.dtype, cfg.hardware)
     ref = reference_shape(cfg.scheduler, pp, arch.max_position_embeddings)
     counts = layer_counts(arch, pp, partition, cost, ref)

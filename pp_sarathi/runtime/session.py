@@ -51,14 +51,14 @@ class Job:
     requests: list[Request]  # rank 0 only; the other ranks get []
 
 
-def _stage_main(rank: int, world: int, port: int, spec: SessionSpec, conn) -> None:
-    """Body of one session stage process."""
+def _stage_main(rank: int, world: int, port: int, spec: SessionSpec, conn, cores: list[int] | None = None) -> None:
+    """Body of one session stage process; ``cores``: the CPUs it binds its threads to."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world))
     # Ctrl-C in a terminal reaches the whole process group: the caller decides (it closes the
     # session), rather than every stage dying mid-step with its own traceback.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        state = _StageState(rank, world, spec)
+        state = _StageState(rank, world, spec, cores)
         conn.send(("ready", os.getpid()))
     except Exception as exc:
         conn.send(("error", f"stage {rank} failed to start: {exc}"))
@@ -82,7 +82,7 @@ def _stage_main(rank: int, world: int, port: int, spec: SessionSpec, conn) -> No
 class _StageState:
     """One rank's long-lived stage: executor, link and device, set up once."""
 
-    def __init__(self, rank: int, world: int, spec: SessionSpec):
+    def __init__(self, rank: int, world: int, spec: SessionSpec, cores: list[int] | None = None):
         import torch
 
         from ..model.loader import parse_dtype
@@ -93,7 +93,7 @@ class _StageState:
 
         cfg = spec.cfg
         self.rank, self.world, self.spec = rank, world, spec
-        prepare_host(world, cfg.parallel)
+        prepare_host(world, cfg.parallel, cores=cores)
         self.device = pick_device(cfg, rank)
         self.link = None
         if world > 1:
@@ -104,8 +104,9 @@ class _StageState:
         self.executor = build_executor(cfg, spec.model_path, spec.arch, spec.layer_ranges[rank], self.device)
 
     def run(self, job: Job):
-        """Rank 0: the job's RunOutcome; other ranks: their stage records."""
+        """Rank 0: the job's RunOutcome; other ranks: their stage records and CPU report."""
         from ..metrics.timing import StageClock, StageTimeline
+        from .host import cpu_report
         from .sampler import Sampler
 
         if self.executor.is_last:
@@ -123,11 +124,12 @@ class _StageState:
         if self.rank != 0:
             from .stage import serve_stage
             serve_stage(self.executor, self.link, timeline)
-            return timeline.records()
+            return timeline.records(), cpu_report()
         return self._drive(job, clock, timeline)
 
     def _drive(self, job: Job, clock, timeline) -> RunOutcome:
         from .driver import DriverLog, LocalPipeline, PipelineFront, drive
+        from .host import cpu_report
         from .launch import heartbeat_interval
         from .prepare import Prepared, new_scheduler
 
@@ -153,7 +155,7 @@ class _StageState:
             self.link.flush()
         seqs = [scheduler.seqs[r.index] for r in job.requests]
         return RunOutcome(seqs, driver.batches, timeline.records(), self.world, wall, spec.layer_ranges,
-                          str(self.device), driver_spans=driver.spans)
+                          str(self.device), driver_spans=driver.spans, stage_cpus={0: cpu_report()})
 
     def close(self) -> None:
         if self.link is not None:
@@ -168,18 +170,23 @@ class StageSession:
     """``spec.cfg.parallel.pp`` stage processes, started once, serving :meth:`run` calls."""
 
     def __init__(self, spec: SessionSpec, start_timeout_s: float = 900.0):
-        from .launch import free_port
+        from .host import child_binding, log_cores
+        from .launch import free_port, local_core_plan
 
         self.world = spec.cfg.parallel.pp
         ctx = mp.get_context("spawn")
         port = free_port()
+        plan = local_core_plan(spec.cfg, self.world) or [None] * self.world
         self._conns, self.procs = [], []
         for rank in range(self.world):
             parent, child = ctx.Pipe()
             # daemon: a caller that exits without close() still takes its stages with it.
-            p = ctx.Process(target=_stage_main, args=(rank, self.world, port, spec, child),
+            p = ctx.Process(target=_stage_main, args=(rank, self.world, port, spec, child, plan[rank]),
                             name=f"pp_sarathi-session-stage-{rank}", daemon=True)
-            p.start()
+            if plan[rank]:
+                log_cores(rank, plan[rank])
+            with child_binding(plan[rank]):  # the stage starts on its cores, before it loads torch
+                p.start()
             child.close()
             self._conns.append(parent)
             self.procs.append(p)
@@ -200,7 +207,9 @@ class StageSession:
             raise
         outcome: RunOutcome = replies[0]
         for rank in range(1, self.world):
-            outcome.stage_records.extend(replies[rank])
+            records, cpus = replies[rank]
+            outcome.stage_records.extend(records)
+            outcome.stage_cpus[rank] = cpus
         return outcome
 
     def _send(self, rank: int, msg) -> None:
