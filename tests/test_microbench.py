@@ -64,6 +64,8 @@ def test_microbench_tiny(tiny_cfg, tmp_path, capsys):
             assert r[f"{k}_bound_ms"] > 0 and r[f"{k}_frac"] > 0 and r[f"{k}_limiter"] in ("compute", "memory")
         assert r["context_len"] == 24 and r["dtype"] == "float32" and r["device"].startswith("CPU")
         assert r["meta_s3_ms"] > 0
+        assert r["s3_linear_own_ms"] > 0
+        assert r["s3_linear_own_frac"] == pytest.approx(r["s3_linear_own_ms"] / r["s3_linear_ms"])
         assert r["s3_min_ms"] <= r["s3_ms"] and r["max_spread"] >= 1.0
         if r["marginal_paired_ms"] > 0:
             assert r["piggyback_speedup_paired"] == pytest.approx(r["s2_ms"] / r["marginal_paired_ms"])

@@ -16,7 +16,8 @@ which resist load changes on a shared machine better than the difference of two 
 A timed call is forward + greedy pick of the sampled rows (a host sync, as in a real
 iteration); building the attention metadata (the per-step host work of the step path) is timed
 apart (``meta_s3_ms``). For S3 the linear layers are also timed inside the forward and against
-torch's standalone ``F.linear`` on the same shapes (``s3_linear_frac``, bench/linear_rate.py).
+the same shapes standalone: torch's ``F.linear`` (``s3_linear_frac``) and the model's own
+layers (``s3_linear_own_frac``), bench/linear_rate.py.
 On the CPU the matmul peak of the roofline is the better of ``torch.mm`` and the oneDNN-packed
 linear the model uses (model/cpu_linear.py), so the roofline is the machine's, not one BLAS's.
 """
@@ -47,7 +48,7 @@ CSV_FIELDS = [
     "piggyback_speedup",
     "s1_bound_ms", "s2_bound_ms", "s3_bound_ms", "s1_frac", "s2_frac", "s3_frac",
     "s1_limiter", "s2_limiter", "s3_limiter", "s1_gflop", "s2_gflop", "s3_gflop", "s1_mb", "s2_mb", "s3_mb",
-    "meta_s3_ms", "s3_linear_ms", "s3_linear_torch_ms", "s3_linear_frac", "s3_linear_share", "s3_linear_gflops",
+    "meta_s3_ms", "s3_linear_ms", "s3_linear_torch_ms", "s3_linear_frac", "s3_linear_own_ms", "s3_linear_own_frac", "s3_linear_share", "s3_linear_gflops",
     "s1_min_ms", "s2_min_ms", "s3_min_ms", "max_spread", "marginal_paired_ms", "piggyback_speedup_paired",
 ]
 NOISY_SPREAD = 1.5  # max/min of a batch's samples above this: the machine was not quiet
@@ -89,6 +90,7 @@ def table2_row(bench: HybridBench, clock: StageClock, chunk: int, batch: int, wa
     row["meta_s3_ms"] = median(meta_s) * 1e3
     lin = measure_linear_rate(model, b3.run, clock, rounds=max(3, min(repeats, 5)))
     row.update(s3_linear_ms=lin.forward_ms, s3_linear_torch_ms=lin.torch_ms, s3_linear_frac=lin.fraction,
+               s3_linear_own_ms=lin.own_ms, s3_linear_own_frac=lin.own_fraction,
                s3_linear_share=lin.share, s3_linear_gflops=lin.gflops)
     for k in ("s1", "s2", "s3"):
         row[f"{k}_min_ms"] = min(samples[k]) * 1e3
@@ -137,7 +139,7 @@ def _wall(fn) -> float:
 
 def format_table(rows: list[dict]) -> str:
     head = ("chunk", "B", "S1 ms", "S2 ms", "S3 ms", "S1+S2", "S3-S1", "/dec", "S2/B", "speedup",
-            "paired", "spd(pair)", "S1 roof", "S2 roof", "S3 roof", "meta", "lin/torch", "lin GF/s")
+            "paired", "spd(pair)", "S1 roof", "S2 roof", "S3 roof", "meta", "lin/torch", "lin/own", "lin GF/s")
     lines = ["  ".join(f"{h:>8}" for h in head)]
     for r in rows:
         sp = r["piggyback_speedup"]
@@ -147,7 +149,7 @@ def format_table(rows: list[dict]) -> str:
                 f"{r['marginal_paired_ms']:.2f}",
                 "n/a" if r["piggyback_speedup_paired"] is None else f"{r['piggyback_speedup_paired']:.2f}x",
                 f"{r['s1_frac']:.0%}", f"{r['s2_frac']:.0%}", f"{r['s3_frac']:.0%}", f"{r['meta_s3_ms']:.2f}",
-                f"{r['s3_linear_frac']:.0%}", f"{r['s3_linear_gflops']:.0f}")
+                f"{r['s3_linear_frac']:.0%}", f"{r['s3_linear_own_frac']:.0%}", f"{r['s3_linear_gflops']:.0f}")
         lines.append("  ".join(f"{v:>8}" for v in vals))
     return "\n".join(lines)
 
@@ -196,7 +198,8 @@ def run_microbench(cfg: RunConfig, run_dir: Path, *, model: StageModel | None = 
     for r in rows:
         print(f"chunk {r['chunk']} + {r['decode_batch']} decodes: {r['s3_frac']:.0%} of the roofline; linear layers "
               f"{r['s3_linear_share']:.0%} of the forward at {r['s3_linear_gflops']:.0f} GFLOP/s = "
-              f"{r['s3_linear_frac']:.0%} of torch's standalone F.linear on the same shapes; host metadata "
+              f"{r['s3_linear_frac']:.0%} of torch's standalone F.linear on the same shapes, "
+              f"{r['s3_linear_own_frac']:.0%} of the same layers run standalone; host metadata "
               f"{r['meta_s3_ms']:.2f} ms per step ({r['meta_s3_ms'] / r['s3_ms']:.1%} of the step)")
     noisy = [r for r in rows if r["max_spread"] > NOISY_SPREAD]
     if noisy:

@@ -59,6 +59,9 @@ class AttentionMetadata:
     decode_blocks: torch.Tensor | None  # [D, max_blocks] block ids (padding: block 0, masked)
     decode_mask: torch.Tensor | None  # [D, 1, 1, max_blocks * block_size] True where the key is visible
     block_size: int = 16
+    # [D] keys per decode, for the in-place CPU kernel (model/cpu_attention.py); None where the
+    # mask is more than a length (a sliding window)
+    decode_lens: torch.Tensor | None = None
 
     @property
     def num_tokens(self) -> int:
@@ -105,7 +108,7 @@ def build_attention_metadata(parts: list[PartSpec], block_size: int, device,
             logits_rows.append(row + part.num_tokens - 1)
         row += part.num_tokens
 
-    decode_rows = decode_blocks = decode_mask = None
+    decode_rows = decode_blocks = decode_mask = decode_lens = None
     if dec_rows:
         width = max(len(t) for t in dec_tables)
         decode_blocks = torch.tensor([t + [0] * (width - len(t)) for t in dec_tables], dtype=torch.long)
@@ -117,6 +120,8 @@ def build_attention_metadata(parts: list[PartSpec], block_size: int, device,
         decode_rows = torch.tensor(dec_rows, dtype=torch.long, device=device)
         decode_blocks = decode_blocks.to(device)
         decode_mask = mask[:, None, None, :].to(device)
+        if not sliding_window:
+            decode_lens = lens.view(-1).to(device)
     return AttentionMetadata(
         positions=torch.tensor(positions, dtype=torch.long, device=device),
         slot_mapping=torch.tensor(slot_mapping, dtype=torch.long, device=device),
@@ -126,4 +131,5 @@ def build_attention_metadata(parts: list[PartSpec], block_size: int, device,
         decode_blocks=decode_blocks,
         decode_mask=decode_mask,
         block_size=block_size,
+        decode_lens=decode_lens,
     )

@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import cpu_attention
 from .arch import ModelArch, rope_tables
 from .cpu_linear import PackedLinear
 from .kv_cache import AttentionMetadata, KVCache
@@ -96,7 +97,11 @@ class DecoderLayer(nn.Module):
             o = F.scaled_dot_product_attention(qc, kc, vc, attn_mask=mask, is_causal=mask is None,
                                                enable_gqa=gqa)
             out[row:row + n] = o[0].transpose(0, 1)
-        if meta.decode_rows is not None:
+        if meta.decode_rows is not None and meta.decode_lens is not None \
+                and cpu_attention.applies(q, k_pool):
+            out[meta.decode_rows] = cpu_attention.paged_decode_attention(
+                q[meta.decode_rows], k_pool, v_pool, meta.decode_blocks, meta.decode_lens, bs)
+        elif meta.decode_rows is not None:
             qd = q[meta.decode_rows].unsqueeze(2)  # [D, H, 1, d]
             shape = (meta.decode_blocks.shape[0], -1, *k_pool.shape[1:])  # [D, max_blocks * bs, Hkv, d]
             flat = meta.decode_blocks.view(-1)

@@ -1,0 +1,112 @@
+"""The compiled CPU decode-attention kernel reads the paged cache in place and gives what plain
+attention over each sequence's keys gives; where it does not apply, the torch path runs."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from pp_sarathi.model import cpu_attention
+from pp_sarathi.model.arch import ModelArch
+from pp_sarathi.model.kv_cache import KVCache, PartSpec, build_attention_metadata
+from pp_sarathi.model.llama import DecoderLayer
+
+needs_kernel = pytest.mark.skipif(cpu_attention._library() is None,
+                                  reason="no C compiler here: the kernel cannot be built")
+
+
+def _arch(num_heads: int, num_kv_heads: int, head_dim: int) -> ModelArch:
+    hidden = num_heads * head_dim
+    return ModelArch(family="llama", vocab_size=64, hidden_size=hidden, intermediate_size=2 * hidden,
+                     num_layers=1, num_heads=num_heads, num_kv_heads=num_kv_heads, head_dim=head_dim,
+                     max_position_embeddings=4096, rms_norm_eps=1e-6, rope_theta=10000.0)
+
+
+def _reference(q, keys, values):
+    """One query per sequence over all its keys, GQA expanded, in einsum (not our code)."""
+    rep = q.shape[0] // keys.shape[1]
+    k, v = keys.repeat_interleave(rep, dim=1), values.repeat_interleave(rep, dim=1)
+    scores = torch.einsum("hd,khd->hk", q.double(), k.double()) / q.shape[-1] ** 0.5
+    return torch.einsum("hk,khd->hd", scores.softmax(-1), v.double()).float()
+
+
+def _filled_pool(lens, bs, kv_heads, head_dim, num_blocks=512, seed=0):
+    """A pool with each sequence's K/V written to scattered blocks; returns pool, tables, seqs."""
+    gen = torch.Generator().manual_seed(seed)
+    kv = KVCache(1, num_blocks, bs, kv_heads, head_dim, torch.float32)
+    free = torch.randperm(num_blocks, generator=gen).tolist()
+    tables, seqs = [], []
+    for n in lens:
+        table = [free.pop() for _ in range(-(-n // bs))]
+        k = torch.randn(n, kv_heads, head_dim, generator=gen)
+        v = torch.randn(n, kv_heads, head_dim, generator=gen)
+        for pos in range(n):
+            slot = table[pos // bs] * bs + pos % bs
+            kv.k[0, slot], kv.v[0, slot] = k[pos], v[pos]
+        tables.append(table)
+        seqs.append((k, v))
+    return kv, tables, seqs
+
+
+@needs_kernel
+@pytest.mark.parametrize("heads,kv_heads,head_dim", [(16, 4, 64), (8, 8, 32), (4, 1, 128)])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_kernel_matches_plain_attention(heads, kv_heads, head_dim, threads):
+    bs = 16
+    lens = [1, 15, 16, 17, 200, 513, 64]  # block edges, a one-key sequence, ragged widths
+    kv, tables, seqs = _filled_pool(lens, bs, kv_heads, head_dim)
+    width = max(len(t) for t in tables)
+    padded = torch.tensor([t + [0] * (width - len(t)) for t in tables])
+    q = torch.randn(len(lens), heads, head_dim)
+    assert cpu_attention.applies(q, kv.k[0])
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        out = cpu_attention.paged_decode_attention(q, kv.k[0], kv.v[0], padded, torch.tensor(lens), bs)
+    finally:
+        torch.set_num_threads(before)
+    for i, (k, v) in enumerate(seqs):
+        torch.testing.assert_close(out[i], _reference(q[i], k, v), rtol=1e-5, atol=1e-5)
+
+
+@needs_kernel
+def test_layer_decodes_take_the_kernel_and_agree_with_the_torch_path():
+    arch = _arch(8, 2, 64)
+    layer = DecoderLayer(arch)
+    bs = 16
+    lens = [40, 300, 1, 97]
+    kv, tables, _ = _filled_pool(lens, bs, arch.num_kv_heads, arch.head_dim)
+    # A chunk after cached tokens next to the decodes: only the decodes change path.
+    parts = [PartSpec(n - 1, 1, t, True) for n, t in zip(lens, tables)]
+    parts.insert(1, PartSpec(32, 8, tables[0], True))
+    meta = build_attention_metadata(parts, bs, "cpu")
+    assert meta.decode_lens is not None
+    q = torch.randn(meta.num_tokens, arch.num_heads, arch.head_dim)
+    calls = []
+    real = cpu_attention.paged_decode_attention
+
+    def counting(*args):
+        calls.append(args[0].shape[0])
+        return real(*args)
+
+    with torch.inference_mode():
+        cpu_attention.paged_decode_attention = counting
+        try:
+            fast = layer._attention(q, meta, kv.k[0], kv.v[0])
+        finally:
+            cpu_attention.paged_decode_attention = real
+        cpu_attention.ENABLED = False
+        try:
+            slow = layer._attention(q, meta, kv.k[0], kv.v[0])
+        finally:
+            cpu_attention.ENABLED = True
+    assert calls == [len(lens)]
+    torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-5)
+
+
+def test_kernel_declines_what_it_does_not_cover():
+    pool = torch.zeros(64, 2, 64)
+    assert not cpu_attention.applies(torch.zeros(3, 4, 64, dtype=torch.bfloat16), pool.bfloat16())
+    assert not cpu_attention.applies(torch.zeros(3, 4, 8), torch.zeros(64, 2, 8))  # head size 8
+    # A sliding window needs more than a length per decode: the metadata leaves the kernel out.
+    meta = build_attention_metadata([PartSpec(9, 1, [0], True)], 16, "cpu", sliding_window=4)
+    assert meta.decode_lens is None
