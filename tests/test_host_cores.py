@@ -1,4 +1,4 @@
-"""Stage threads bound to their own cores (runtime/host.py, ``parallel.bind_cores``): the core
+"""Stage threads bound to their own cores (runtime/cores.py, ``parallel.bind_cores``): the core
 assignment, and real runs whose stages report the CPUs their threads may run on."""
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from pp_sarathi.config import ParallelConfig, RunConfig
-from pp_sarathi.runtime.host import USER_OMP_ENV, assign_cores, cpulist, plan_cores, usable_cpus
+from pp_sarathi.runtime.cores import USER_OMP_ENV, assign_cores, cpulist, plan_cores, usable_cpus
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

@@ -10,7 +10,7 @@ from pathlib import Path
 from ..config import RunConfig
 from ..model.arch import UnsupportedModelError
 from ..model.loader import CheckpointError
-from ..runtime.host import log_cores
+from ..runtime.cores import log_cores
 from ..runtime.launch import (PipelineFailure, RunInterrupted, install_stop_handlers, launch, local_core_plan,
                               run_stage_process, serve_local)
 from ..runtime.prepare import prepare

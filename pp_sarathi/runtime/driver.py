@@ -19,7 +19,7 @@ from ..metrics.records import BatchRecord, DriverSpan
 from ..metrics.timing import StageClock, StageTimeline
 from ..scheduler import BatchPlan, SampleResult, Scheduler, Sequence
 from .executor import StageExecutor
-from .host import pin_compute_thread
+from .cores import pin_compute_thread
 from .transport import StageLink
 
 

@@ -28,8 +28,9 @@ from ..metrics.timing import StageClock, StageTimeline
 from ..model.loader import parse_dtype
 from .driver import DriverLog, LocalPipeline, PipelineFront, StopRequest, drive
 from .calibrate import run_predictor
-from .host import (child_binding, cpu_report, log_cores, plan_cores, prepare_host, restore_threads,
-                   stage_threads, usable_cpus)
+from .cores import (child_binding, cpu_report, log_cores, plan_cores, restore_threads, stage_threads,
+                    usable_cpus)
+from .host import prepare_host
 from .prepare import Prepared, new_scheduler
 from .stage import build_executor, pick_device, serve_stage
 from .transport import StageLink

@@ -16,7 +16,7 @@ from ..model.tokenizer import Tokenizer
 from ..scheduler import BlockManager, Scheduler, make_scheduler
 from ..workload import Request, load_workload
 from .calibrate import load_cached
-from .host import plan_cores, stage_threads
+from .cores import plan_cores, stage_threads
 from .partition import layer_counts, layer_ranges, predicted_stage_seconds, reference_shape
 from .sampler import Sampler
 from .stage import num_kv_blocks

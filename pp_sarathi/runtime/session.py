@@ -106,7 +106,7 @@ class _StageState:
     def run(self, job: Job):
         """Rank 0: the job's RunOutcome; other ranks: their stage records and CPU report."""
         from ..metrics.timing import StageClock, StageTimeline
-        from .host import cpu_report
+        from .cores import cpu_report
         from .sampler import Sampler
 
         if self.executor.is_last:
@@ -129,7 +129,7 @@ class _StageState:
 
     def _drive(self, job: Job, clock, timeline) -> RunOutcome:
         from .driver import DriverLog, LocalPipeline, PipelineFront, drive
-        from .host import cpu_report
+        from .cores import cpu_report
         from .launch import heartbeat_interval
         from .prepare import Prepared, new_scheduler
 
@@ -170,7 +170,7 @@ class StageSession:
     """``spec.cfg.parallel.pp`` stage processes, started once, serving :meth:`run` calls."""
 
     def __init__(self, spec: SessionSpec, start_timeout_s: float = 900.0):
-        from .host import child_binding, log_cores
+        from .cores import child_binding, log_cores
         from .launch import free_port, local_core_plan
 
         self.world = spec.cfg.parallel.pp
