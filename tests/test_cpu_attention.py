@@ -110,3 +110,17 @@ def test_kernel_declines_what_it_does_not_cover():
     # A sliding window needs more than a length per decode: the metadata leaves the kernel out.
     meta = build_attention_metadata([PartSpec(9, 1, [0], True)], 16, "cpu", sliding_window=4)
     assert meta.decode_lens is None
+
+
+def test_without_a_working_compiler_decodes_take_the_torch_path(monkeypatch, tmp_path, caplog):
+    monkeypatch.setenv("CC", "false")  # a "compiler" that always fails
+    monkeypatch.setenv("PP_SARATHI_CACHE", str(tmp_path))  # nothing cached to fall back on
+    cpu_attention._library.cache_clear()
+    try:
+        with caplog.at_level("WARNING", logger="pp_sarathi"):
+            assert cpu_attention._library() is None
+        assert "could not build the CPU decode-attention kernel" in caplog.text
+        q, pool = torch.zeros(2, 4, 16), torch.zeros(64, 2, 16)
+        assert not cpu_attention.applies(q, pool)
+    finally:
+        cpu_attention._library.cache_clear()
