@@ -94,6 +94,12 @@ class Backend(Choice):
     nccl = "nccl"
 
 
+class Transport(Choice):
+    auto = "auto"
+    gloo = "gloo"
+    shm = "shm"
+
+
 class WandbMode(Choice):
     offline = "offline"
     online = "online"
@@ -283,6 +289,8 @@ class ParallelConfig(_Group):
     key: ClassVar[str] = "parallel"
     pp: int = 2  # pipeline stages (processes)
     backend: Backend = Backend.auto  # auto (nccl on GPUs, gloo on CPU), gloo or nccl
+    # gloo backend: how activations reach the next stage. shm = through a shared-memory ring between stages on one host, only a small header over gloo (a hop too big for a slot goes over gloo); gloo = everything over gloo; auto = shm wherever the two stages share a host, else gloo
+    transport: Transport = Transport.auto
     # uniform, balanced (minimises the slowest stage's predicted time for a budget-sized hybrid micro-batch: the cached calibration of this model, else `sim.profile`, else the `hardware` roofline) or a list of layer counts, e.g. `parallel.partition=[3,5]`
     partition: Any = "uniform"
     timeout_s: float = 60.0  # a stage silent this long (or a dead peer) ends the run; finished requests are kept
@@ -292,6 +300,8 @@ class ParallelConfig(_Group):
 
     def rules(self) -> None:
         self._require(self.pp >= 1, "pp", ">= 1")
+        self._require(not (self.transport == Transport.shm and self.backend == Backend.nccl), "transport",
+                      "auto or gloo with parallel.backend=nccl (the shared-memory ring is gloo's)")
         p = self.partition
         if isinstance(p, str):
             self._require(p in ("uniform", "balanced"), "partition", "uniform, balanced or a list")

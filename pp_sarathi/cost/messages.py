@@ -8,9 +8,15 @@ Every integer on the wire is an int64.
 from __future__ import annotations
 
 INT_BYTES = 8
-# Forward hop: a fixed header [plan_id, meta_len, num_tokens], then the plan metadata, then
-# the hidden states [num_tokens, hidden_size].
-HOP_HEADER_INTS = 3
+# Forward hop: a fixed header [plan_id, meta_len, num_tokens, ring_seq], then the plan
+# metadata, then the hidden states [num_tokens, hidden_size]. ``ring_seq`` says where the last
+# two are: NO_RING = over the same wire as the header (the three messages the cost model
+# prices); a sequence number >= 0 = in slot ring_seq % slots of the link's shared-memory ring
+# (stages on one host, runtime/shm_ring.py), laid out by ring_slot_layout below.
+HOP_HEADER_INTS = 4
+HOP_PLAN_ID, HOP_META_LEN, HOP_NUM_TOKENS, HOP_RING_SEQ = range(HOP_HEADER_INTS)
+NO_RING = -1
+RING_ALIGN = 64  # bytes: every ring slot and the hidden states in it start on a cache line
 # Plan metadata: [plan_id, num_parts], then per part PART_FIELDS ints and its block table.
 PLAN_HEADER_INTS = 2
 PART_FIELDS = 7  # seq_index, start, num_tokens, is_prefill, sample, output_index, num_blocks
@@ -41,6 +47,13 @@ def hop_message_bytes(meta_ints: int, num_tokens: int, hidden_size: int, elem_by
     """The three messages of one forward hop: header, plan metadata, hidden states."""
     return (HOP_HEADER_INTS * INT_BYTES, INT_BYTES * meta_ints,
             activation_bytes(num_tokens, hidden_size, elem_bytes))
+
+
+def ring_slot_layout(meta_ints: int, num_tokens: int, hidden_size: int, elem_bytes: int) -> tuple[int, int]:
+    """A ring slot holding one hop: the plan metadata at offset 0, the hidden states at the
+    returned offset (64-byte aligned); returns (hidden offset, bytes used)."""
+    offset = -(-INT_BYTES * meta_ints // RING_ALIGN) * RING_ALIGN
+    return offset, offset + activation_bytes(num_tokens, hidden_size, elem_bytes)
 
 
 def result_message_bytes(num_parts: int) -> tuple[int, int]:

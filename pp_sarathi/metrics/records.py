@@ -79,3 +79,5 @@ class RunOutcome:
     driver_spans: list[DriverSpan] = field(default_factory=list)  # the driver's own work
     sim: SimInfo | None = None  # set by the simulator
     predictor: dict | None = None  # the stage-time predictor the scheduler used (its describe())
+    # pipelines: parallel.transport and, per stage link, how its forward hops travelled
+    transport: dict | None = None

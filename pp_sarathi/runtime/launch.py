@@ -30,6 +30,7 @@ from .driver import DriverLog, LocalPipeline, PipelineFront, StopRequest, drive
 from .calibrate import run_predictor
 from .host import prepare_host
 from .prepare import Prepared, new_scheduler
+from .ring_setup import connect_rings
 from .stage import build_executor, pick_device, serve_stage
 from .transport import StageLink
 
@@ -219,13 +220,18 @@ def run_rank(prep: Prepared, rank: int, world: int, local_rank: int,
     comm_device = device if dist.get_backend() == "nccl" else torch.device("cpu")
     link = StageLink(rank, world, prep.arch.hidden_size, parse_dtype(cfg.model.dtype), comm_device,
                      cfg.sampling.logprobs)
+    how = connect_rings(link, cfg, prep.arch)
+    if rank == 0:
+        log.info("activations between stages: %s", how)
     dist.barrier()
     clock = StageClock(device)
     share_origin(clock)
     timeline = StageTimeline(clock, rank)
     if rank != 0:
         serve_stage(executor, link, timeline)
-        dist.gather_object(timeline.records(), None, dst=0)
+        hop = link.describe()
+        link.close()
+        dist.gather_object((timeline.records(), hop), None, dst=0)
         return None
     predictor = run_predictor(cfg, prep.model_path, prep.arch, executor, prep.layer_ranges)
     scheduler = new_scheduler(prep, predictor)
@@ -245,11 +251,17 @@ def run_rank(prep: Prepared, rank: int, world: int, local_rank: int,
     if error is None:
         link.send_stop()
         link.flush()
+        hop = link.describe()
+        link.close()
         gathered: list = [None] * world
-        dist.gather_object(records, gathered, dst=0)
-        records = [r for part in gathered for r in (part or [])]
+        dist.gather_object((records, hop), gathered, dst=0)
+        records = [r for part, _ in gathered for r in part]
+        hops = [hop for _, hop in gathered if hop is not None]
+    else:
+        hops = [link.describe()]
     return RunOutcome(seqs, driver.batches, records, world, wall, prep.layer_ranges, str(device), error,
-                      driver_spans=driver.spans, predictor=predictor_info(predictor))
+                      driver_spans=driver.spans, predictor=predictor_info(predictor),
+                      transport={"mode": str(cfg.parallel.transport), "hops": hops})
 
 
 def predictor_info(predictor) -> dict:
