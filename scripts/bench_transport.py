@@ -57,6 +57,16 @@ def _rank(rank: int, port: int, transport: str, rounds: int, q) -> None:
     arch = ModelArch.from_config(cfg.model)
     link = StageLink(rank, 2, arch.hidden_size, torch.float32, torch.device("cpu"))
     how = connect_rings(link, cfg, arch)
+    copy_out: list[float] = []  # the receiver's copy of a hop out of its slot (ShmRing.read)
+    if link.ring_in is not None:
+        read = link.ring_in.read
+
+        def timed_read(*a):
+            t0 = time.perf_counter()
+            meta = read(*a)
+            copy_out.append(time.perf_counter() - t0)
+            return meta
+        link.ring_in.read = timed_read
     out = {}
     for name, tokens in SHAPES.items():
         parts = [ScheduledPart(seq_index=i, start=300, token_ids=[0] * (tokens - 13 if i == 0 else 1),
@@ -76,6 +86,9 @@ def _rank(rank: int, port: int, transport: str, rounds: int, q) -> None:
                 link.send_results(plan_id, [SampleResult(7) for _ in got])
         link.flush()
         out[name] = times[rounds // 10:]  # the first tenth warms up
+        if copy_out:
+            q.put({"copy_out": name, "times": copy_out[rounds // 10:]})
+            copy_out.clear()
     dist.barrier()
     if rank == 0:
         q.put({"link": how, "hop": link.describe(), "times": out})
@@ -96,7 +109,14 @@ def round_trips(transport: str, rounds: int, corunners: int) -> dict:
     procs = [ctx.Process(target=_rank, args=(r, port, transport, rounds, q)) for r in range(2)]
     for p in procs:
         p.start()
-    res = q.get(timeout=600)
+    res, copies = None, {}
+    while res is None:
+        msg = q.get(timeout=600)
+        if "copy_out" in msg:
+            copies[msg["copy_out"]] = msg["times"]
+        else:
+            res = msg
+    res["copy_out"] = copies
     for p in procs:
         p.join(60)
     stop.set()
@@ -134,12 +154,14 @@ def main(argv=None) -> int:
             res = round_trips(transport, args.rounds, busy)
             raw[f"{transport}-busy{busy}"] = res
             for name, t in res["times"].items():
+                c = res["copy_out"].get(name)
                 rows.append([f"{busy} busy" if busy else "idle", transport, name,
                              f"{1e6 * statistics.median(t):.0f}", f"{1e6 * statistics.mean(t):.0f}",
-                             f"{1e6 * sorted(t)[int(0.9 * len(t))]:.0f}"])
+                             f"{1e6 * sorted(t)[int(0.9 * len(t))]:.0f}",
+                             f"{1e6 * statistics.median(c):.0f}" if c else ""])
             print(f"[transport] round trips {transport}, {busy} busy: done ({res['link']})", file=sys.stderr, flush=True)
     md = "Round trip (hop + tokens back), µs:\n\n" + md_table(
-        ["cores", "transport", "hop", "p50", "mean", "p90"], rows) + "\n"
+        ["cores", "transport", "hop", "p50", "mean", "p90", "copy out of the slot, p50"], rows) + "\n"
     if args.runs:
         runs: dict[str, list[dict]] = {"gloo": [], "shm": []}
         for r in range(args.runs):

@@ -73,13 +73,13 @@ def test_attach_refuses_a_segment_that_is_not_the_offered_one():
 def _link_cfg() -> tuple[RunConfig, ModelArch]:
     cfg = RunConfig()
     cfg.parallel.pp, cfg.parallel.transport, cfg.parallel.timeout_s = 2, "shm", 30.0
-    cfg.scheduler.chunk_size, cfg.scheduler.max_batch_size = 8, 2  # a slot: 8 tokens, 1 part
+    cfg.scheduler.chunk_size, cfg.scheduler.max_batch_size = 4, 2  # a slot: 2 * 4 tokens, 1 part
     m = cfg.model
     m.hidden_size, m.num_heads, m.num_kv_heads, m.num_layers, m.max_position_embeddings = H, 2, 1, 2, 64
     return cfg, ModelArch.from_config(m)
 
 
-# (tokens, sender pause) per hop: mostly hops that fit a slot, every 7th too big for one.
+# Tokens per hop: mostly hops that fit a slot, every 7th too big for one.
 def _hops(n: int) -> list[int]:
     return [20 if i % 7 == 3 else 1 + i % 8 for i in range(n)]
 
@@ -148,7 +148,7 @@ def _segments() -> set[str]:
 def _tiny_cfg(run_config, scheduler: str, transport: str) -> RunConfig:
     from pp_sarathi.api.config import read_preset
 
-    cfg = run_config("unused", "unused", scheduler=scheduler, chunk_size=16)
+    cfg = run_config("unused", "unused", scheduler=scheduler, chunk_size=8)
     cfg.model.path = None
     for key, value in read_preset("model", "tiny").items():
         setattr(cfg.model, key, value)
@@ -162,7 +162,7 @@ def _tiny_cfg(run_config, scheduler: str, transport: str) -> RunConfig:
 @pytest.mark.slow
 @pytest.mark.parametrize("pp, scheduler", [(2, "sarathi"), (3, "orca")])
 def test_runs_with_and_without_shm_give_the_same_tokens(pp, scheduler, run_config, tmp_path):
-    """Orca's whole prompts exceed a slot (16 tokens here): those hops take the gloo path."""
+    """Orca's whole prompts exceed a slot (2 * 8 tokens here): those hops take the gloo path."""
     from pp_sarathi.runtime.prepare import prepare
 
     prepare(_tiny_cfg(run_config, scheduler, "gloo"))  # writes the checkpoint before stages start

@@ -14,7 +14,6 @@ INT_BYTES = 8
 # prices); a sequence number >= 0 = in slot ring_seq % slots of the link's shared-memory ring
 # (stages on one host, runtime/shm_ring.py), laid out by ring_slot_layout below.
 HOP_HEADER_INTS = 4
-HOP_PLAN_ID, HOP_META_LEN, HOP_NUM_TOKENS, HOP_RING_SEQ = range(HOP_HEADER_INTS)
 NO_RING = -1
 RING_ALIGN = 64  # bytes: every ring slot and the hidden states in it start on a cache line
 # Plan metadata: [plan_id, num_parts], then per part PART_FIELDS ints and its block table.
@@ -44,7 +43,8 @@ def activation_bytes(num_tokens: int, hidden_size: int, elem_bytes: int) -> int:
 
 
 def hop_message_bytes(meta_ints: int, num_tokens: int, hidden_size: int, elem_bytes: int) -> tuple[int, int, int]:
-    """The three messages of one forward hop: header, plan metadata, hidden states."""
+    """The three messages of one forward hop over the wire: header, plan metadata, hidden states
+    (with a shared-memory ring only the header crosses; the cost model prices the wire path)."""
     return (HOP_HEADER_INTS * INT_BYTES, INT_BYTES * meta_ints,
             activation_bytes(num_tokens, hidden_size, elem_bytes))
 

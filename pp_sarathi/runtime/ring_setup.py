@@ -37,13 +37,20 @@ def ring_slots(pp: int) -> int:
     return 2 * pp + 2
 
 
+# Slots hold this many times the token budget: sarathi_uniform may top a micro-batch up past
+# the budget with a prompt's whole remainder (the README job's first micro-batches: 132 tokens
+# at chunk 128), and a slot of the default model at chunk 128 is still only ~1 MB.
+BUDGET_MARGIN = 2
+
+
 def slot_bytes(cfg: RunConfig, arch: ModelArch, elem_bytes: int) -> int:
-    """A slot holds the largest hop of a token-budgeted micro-batch: ``max(chunk_size, requests
-    per micro-batch)`` tokens of hidden states and the plan metadata of the most requests a
-    micro-batch takes, each with a full-context block table. Whole-prompt batches beyond the
-    budget (orca, ft, a vllm prompt longer than the budget) take the gloo path."""
+    """A slot holds the largest hop of a token-budgeted micro-batch, with a margin:
+    ``BUDGET_MARGIN * max(chunk_size, requests per micro-batch)`` tokens of hidden states and
+    the plan metadata of the most requests a micro-batch takes, each with a full-context block
+    table. Whole-prompt batches beyond that (orca, ft, a vllm prompt longer than the budget)
+    take the gloo path."""
     per_batch = math.ceil(cfg.scheduler.max_batch_size / max(1, cfg.parallel.pp))
-    tokens = max(cfg.scheduler.chunk_size, per_batch)
+    tokens = BUDGET_MARGIN * max(cfg.scheduler.chunk_size, per_batch)
     meta = PLAN_HEADER_INTS + per_batch * (PART_FIELDS + blocks_for(arch.max_position_embeddings,
                                                                     cfg.cache.block_size))
     return ring_slot_layout(meta, tokens, arch.hidden_size, elem_bytes)[1]

@@ -69,11 +69,6 @@ class StageLink:
         self._ring_sent = self._ring_recvd = 0  # hops through each ring so far (= next ring_seq)
         self.wire_hops = 0  # hops sent with their payload over gloo (no ring, or too big for a slot)
 
-    @property
-    def ring_hops(self) -> int:
-        """Hops this link sent through its shared-memory ring."""
-        return self._ring_sent
-
     def describe(self) -> dict | None:
         """How this rank's forward hops travelled (results.json ``transport.hops``); None on the
         last stage (it sends results to rank 0, always over the wire)."""
