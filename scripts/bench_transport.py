@@ -142,25 +142,37 @@ def figures(res: dict) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=500, help="round trips per shape")
-    ap.add_argument("--corunners", type=int, default=2, help="busy processes in the second pass (0: skip it)")
+    ap.add_argument("--repeats", type=int, default=3, help="fresh process pairs per transport, interleaved")
+    ap.add_argument("--corunners", type=int, default=1, help="busy processes in the second pass (0: skip it)")
     ap.add_argument("--runs", type=int, default=0, help="rounds of the README sarathi_uniform run per transport")
     ap.add_argument("--out", default=None)
     args, extra = parse_script_args(ap, argv)
     out = Path(args.out or f"runs/transport-{time.strftime('%Y%m%d-%H%M%S')}")
     notes = [f"start: {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())} · {machine_note()}"]
-    rows, raw = [], {}
-    for busy in ([0, args.corunners] if args.corunners else [0]):
-        for transport in ("gloo", "shm"):
-            res = round_trips(transport, args.rounds, busy)
-            raw[f"{transport}-busy{busy}"] = res
-            for name, t in res["times"].items():
-                c = res["copy_out"].get(name)
-                rows.append([f"{busy} busy" if busy else "idle", transport, name,
-                             f"{1e6 * statistics.median(t):.0f}", f"{1e6 * statistics.mean(t):.0f}",
-                             f"{1e6 * sorted(t)[int(0.9 * len(t))]:.0f}",
-                             f"{1e6 * statistics.median(c):.0f}" if c else ""])
-            print(f"[transport] round trips {transport}, {busy} busy: done ({res['link']})", file=sys.stderr, flush=True)
-    md = "Round trip (hop + tokens back), µs:\n\n" + md_table(
+    cells: dict[tuple, list[dict]] = {}
+    raw: dict = {"round_trips": []}
+    for rep in range(args.repeats):
+        for busy in ([0, args.corunners] if args.corunners else [0]):
+            for transport in ("gloo", "shm"):  # interleaved, so that a drift in load hits both
+                res = round_trips(transport, args.rounds, busy)
+                raw["round_trips"].append({"repeat": rep, "busy": busy, "transport": transport, **res})
+                for name, t in res["times"].items():
+                    c = res["copy_out"].get(name)
+                    cells.setdefault((busy, transport, name), []).append(
+                        {"p50": statistics.median(t), "mean": statistics.mean(t),
+                         "p90": sorted(t)[int(0.9 * len(t))], "copy": statistics.median(c) if c else None})
+                print(f"[transport] round trips {transport}, {busy} busy, repeat {rep + 1}: done ({res['link']})",
+                      file=sys.stderr, flush=True)
+    rows = []
+    for (busy, transport, name), reps in cells.items():
+        med = {k: statistics.median(r[k] for r in reps) for k in ("p50", "mean", "p90")}
+        copy = [r["copy"] for r in reps if r["copy"] is not None]
+        each = " / ".join(f"{1e6 * r['p50']:.0f}" for r in reps)
+        rows.append([f"{busy} busy" if busy else "idle", transport, name, f"{1e6 * med['p50']:.0f} ({each})",
+                     f"{1e6 * med['mean']:.0f}", f"{1e6 * med['p90']:.0f}",
+                     f"{1e6 * statistics.median(copy):.0f}" if copy else ""])
+    md = (f"Round trip (hop + tokens back), µs; {args.rounds} per shape and repeat, median over "
+          f"{args.repeats} repeats (p50 of each repeat in brackets):\n\n") + md_table(
         ["cores", "transport", "hop", "p50", "mean", "p90", "copy out of the slot, p50"], rows) + "\n"
     if args.runs:
         runs: dict[str, list[dict]] = {"gloo": [], "shm": []}

@@ -19,8 +19,14 @@ RING_ALIGN = 64  # bytes: every ring slot and the hidden states in it start on a
 # Plan metadata: [plan_id, num_parts], then per part PART_FIELDS ints and its block table.
 PLAN_HEADER_INTS = 2
 PART_FIELDS = 7  # seq_index, start, num_tokens, is_prefill, sample, output_index, num_blocks
-# Return from the last stage to rank 0: [plan_id, n], then n sampled token ids.
+# Return from the last stage to rank 0: one fixed-size message [plan_id, n, token ids...]
+# carrying up to RESULT_INLINE_TOKENS sampled token ids (-1 padded); a micro-batch with more
+# parts sends its n token ids as a second message. One message, not a header and a body: each
+# gloo message costs the receiving process two thread wake-ups, milliseconds when the core is
+# busy computing the next micro-batch (docs/benchmarks.md, shared-memory hops).
 RESULT_HEADER_INTS = 2
+RESULT_INLINE_TOKENS = 62
+RESULT_MESSAGE_INTS = RESULT_HEADER_INTS + RESULT_INLINE_TOKENS
 
 
 def blocks_for(tokens: int, block_size: int) -> int:
@@ -56,6 +62,9 @@ def ring_slot_layout(meta_ints: int, num_tokens: int, hidden_size: int, elem_byt
     return offset, offset + activation_bytes(num_tokens, hidden_size, elem_bytes)
 
 
-def result_message_bytes(num_parts: int) -> tuple[int, int]:
-    """The two messages of the return to rank 0: header and one token id per part."""
-    return RESULT_HEADER_INTS * INT_BYTES, INT_BYTES * num_parts
+def result_message_bytes(num_parts: int) -> tuple[int, ...]:
+    """The messages of the return to rank 0: the fixed one, and the token ids apart when they
+    do not fit it."""
+    if num_parts <= RESULT_INLINE_TOKENS:
+        return (RESULT_MESSAGE_INTS * INT_BYTES,)
+    return RESULT_MESSAGE_INTS * INT_BYTES, INT_BYTES * num_parts

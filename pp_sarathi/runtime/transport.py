@@ -7,15 +7,17 @@ plan metadata, then the hidden states. Between stages on one host (gloo) the las
 through the link's shared-memory ring instead (``shm_ring.py``, set up by ``ring_setup.py``) and
 only the header crosses gloo, so ordering, STOP, heartbeats, receive timeouts and dead-peer
 detection stay those of the gloo message; a hop too big for a slot takes the gloo path.
-Results travel back from the last stage to rank 0 over gloo. A plan travels as a flat int64
-tensor every stage can decode (token ids stay on rank 0).
+Results travel back from the last stage to rank 0 over gloo, in one fixed-size message with
+the token ids inline. A plan travels as a flat int64 tensor every stage can decode (token ids
+stay on rank 0).
 """
 from __future__ import annotations
 
 import torch
 import torch.distributed as dist
 
-from ..cost.messages import HOP_HEADER_INTS, NO_RING, RESULT_HEADER_INTS
+from ..cost.messages import (HOP_HEADER_INTS, NO_RING, RESULT_HEADER_INTS, RESULT_INLINE_TOKENS,
+                             RESULT_MESSAGE_INTS)
 from ..cost.messages import PART_FIELDS as _FIELDS
 from ..scheduler.batch import SampleResult, ScheduledPart
 from .shm_ring import ShmRing
@@ -133,12 +135,16 @@ class StageLink:
 
     # ---- sampled tokens back to rank 0 ----------------------------------------------
     def send_results(self, plan_id: int, results: list[SampleResult | None]) -> None:
-        k = self.logprobs
-        tokens = torch.tensor([r.token_id if r else -1 for r in results], dtype=torch.long)
-        msgs = [torch.tensor([plan_id, len(results)], dtype=torch.long), tokens]
+        k, n = self.logprobs, len(results)
+        tokens = [r.token_id if r else -1 for r in results]
+        inline = n <= RESULT_INLINE_TOKENS
+        head = [plan_id, n] + (tokens if inline else [])
+        msgs = [torch.tensor(head + [-1] * (RESULT_MESSAGE_INTS - len(head)), dtype=torch.long)]
+        if not inline:
+            msgs.append(torch.tensor(tokens, dtype=torch.long))
         if k:
-            ids = torch.full((len(results), k + 1), -1, dtype=torch.long)
-            vals = torch.zeros((len(results), k + 1), dtype=torch.float64)
+            ids = torch.full((n, k + 1), -1, dtype=torch.long)
+            vals = torch.zeros((n, k + 1), dtype=torch.float64)
             for i, r in enumerate(results):
                 if r and r.logprobs:
                     items = list(r.logprobs.items())
@@ -148,12 +154,17 @@ class StageLink:
         self._isend([m.to(self.device) for m in msgs], 0)
 
     def recv_results(self, src: int) -> tuple[int, list[SampleResult | None]]:
-        header = torch.empty(RESULT_HEADER_INTS, dtype=torch.long, device=self.device)
-        dist.recv(header, src)
-        plan_id, n = header.tolist()
-        tokens = torch.empty(n, dtype=torch.long, device=self.device)
-        dist.recv(tokens, src)
-        results: list[SampleResult | None] = [None if t < 0 else SampleResult(t) for t in tokens.tolist()]
+        message = torch.empty(RESULT_MESSAGE_INTS, dtype=torch.long, device=self.device)
+        dist.recv(message, src)
+        flat = message.tolist()
+        plan_id, n = flat[:RESULT_HEADER_INTS]
+        if n <= RESULT_INLINE_TOKENS:
+            token_ids = flat[RESULT_HEADER_INTS:RESULT_HEADER_INTS + n]
+        else:
+            tokens = torch.empty(n, dtype=torch.long, device=self.device)
+            dist.recv(tokens, src)
+            token_ids = tokens.tolist()
+        results: list[SampleResult | None] = [None if t < 0 else SampleResult(t) for t in token_ids]
         if self.logprobs:
             ids = torch.empty((n, self.logprobs + 1), dtype=torch.long, device=self.device)
             vals = torch.empty((n, self.logprobs + 1), dtype=torch.float64, device=self.device)
