@@ -187,6 +187,11 @@ def test_runs_with_and_without_shm_give_the_same_tokens(pp, scheduler, run_confi
 
 def test_shm_with_nccl_is_refused():
     from pp_sarathi.config import ParallelConfig
+    from pp_sarathi.runtime.prepare import check_devices
 
     with pytest.raises(ValueError, match="parallel.transport"):
         ParallelConfig(backend="nccl", transport="shm")
+    cfg = RunConfig(device="cuda")  # backend auto on GPUs is NCCL
+    cfg.parallel.transport = "shm"
+    with pytest.raises(ValueError, match="parallel.transport=shm is a gloo path"):
+        check_devices(cfg)

@@ -12,7 +12,9 @@ The segment is a file on ``/dev/shm`` opened and mapped with ``os``/``mmap`` dir
 ``multiprocessing.shared_memory``: that one (Python < 3.13) registers every segment it opens
 with a resource tracker process that unlinks or warns about it at exit, while here the sender
 must decide when the name goes away (right after the receiver has mapped it, so that a stage
-killed later leaks nothing: the memory lives only as long as the mappings).
+killed later leaks nothing: the memory lives only as long as the mappings); and not
+``torch.from_file(shared=True)``, which maps a path but neither creates it exclusively nor
+reserves its pages.
 ``os.posix_fallocate`` reserves the pages when the segment is made, so a full ``/dev/shm``
 fails then, cleanly, instead of killing a stage with SIGBUS on its first write.
 """
