@@ -101,6 +101,12 @@ class BindCores(Choice):
     off = "off"
 
 
+class Transport(Choice):
+    auto = "auto"
+    gloo = "gloo"
+    shm = "shm"
+
+
 class WandbMode(Choice):
     offline = "offline"
     online = "online"
@@ -290,6 +296,8 @@ class ParallelConfig(_Group):
     key: ClassVar[str] = "parallel"
     pp: int = 2  # pipeline stages (processes)
     backend: Backend = Backend.auto  # auto (nccl on GPUs, gloo on CPU), gloo or nccl
+    # gloo backend: how activations reach the next stage. shm = through a shared-memory ring between stages on one host, only a small header over gloo (a hop too big for a slot goes over gloo); gloo = everything over gloo; auto = shm wherever the two stages share a host, else gloo
+    transport: Transport = Transport.auto
     # uniform, balanced (minimises the slowest stage's predicted time for a budget-sized hybrid micro-batch: the cached calibration of this model, else `sim.profile`, else the `hardware` roofline) or a list of layer counts, e.g. `parallel.partition=[3,5]`
     partition: Any = "uniform"
     timeout_s: float = 60.0  # a stage silent this long (or a dead peer) ends the run; finished requests are kept
@@ -304,6 +312,8 @@ class ParallelConfig(_Group):
         self._require(self.threads_per_stage >= 0, "threads_per_stage", ">= 0")
         self._require(self.bind_cores != BindCores.on or hasattr(os, "sched_setaffinity"), "bind_cores",
                       "auto or off where the OS cannot set CPU affinity")
+        self._require(not (self.transport == Transport.shm and self.backend == Backend.nccl), "transport",
+                      "auto or gloo with parallel.backend=nccl (the shared-memory ring is gloo's)")
         p = self.partition
         if isinstance(p, str):
             self._require(p in ("uniform", "balanced"), "partition", "uniform, balanced or a list")

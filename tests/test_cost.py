@@ -104,9 +104,9 @@ def test_roofline_on_a_hand_computed_shape():
     assert m.attn_prefill(3, 2) == pytest.approx(384e-6)
     # Decodes at contexts 5 and 7: 12 keys, 384 FLOPs; bytes 4 * (12 * 8 + 2 * 2 * 8) = 512.
     assert m.attn_decode([5, 7]) == pytest.approx(512e-6)
-    # One hop of 4 tokens: 24 B header, 8 * 20 B metadata, 4 * 8 * 4 B hidden states.
+    # One hop of 4 tokens over the wire: 32 B header, 8 * 20 B metadata, 4 * 8 * 4 B hidden states.
     b = BatchShape.of([(3, 2)], [5], meta_ints=20)
-    assert m.hop_time(b) == pytest.approx((24 + 160 + 128) * 1e-6)
+    assert m.hop_time(b) == pytest.approx((32 + 160 + 128) * 1e-6)
 
 
 def test_roofline_is_a_stage_time_predictor():

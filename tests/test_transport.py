@@ -1,5 +1,5 @@
 """The stage link over a real gloo process group: messages arrive intact, and a long run of
-sends does not keep every sent tensor alive."""
+sends does not keep every sent tensor alive; results with their token ids inline and beyond."""
 from __future__ import annotations
 
 import multiprocessing as mp
@@ -16,7 +16,9 @@ N = 300
 def _rank(rank: int, port: int, q) -> None:
     import torch.distributed as dist
 
+    from pp_sarathi.cost.messages import RESULT_INLINE_TOKENS
     from pp_sarathi.runtime.transport import StageLink
+    from pp_sarathi.scheduler.batch import SampleResult
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=2)
@@ -31,6 +33,18 @@ def _rank(rank: int, port: int, q) -> None:
         else:
             plan_id, parts, hidden = link.recv_activations()
             assert plan_id == i and parts[0].block_table == [7, 8] and float(hidden[0, 0]) == i
+    link.flush()
+    # Results back: inline in the fixed message, and beyond it (a second message), with logprobs.
+    link.logprobs = 2
+    for n in (3, RESULT_INLINE_TOKENS, RESULT_INLINE_TOKENS + 40):
+        if rank == 1:
+            link.send_results(n, [None if i % 5 == 4 else SampleResult(i, {i: -0.5, i + 1: -1.5, i + 2: -2.0})
+                                  for i in range(n)])
+        else:
+            plan_id, results = link.recv_results(1)
+            assert plan_id == n and len(results) == n
+            for i, r in enumerate(results):
+                assert (r is None) if i % 5 == 4 else (r.token_id == i and r.logprobs == {i: -0.5, i + 1: -1.5, i + 2: -2.0})
     link.flush()
     dist.barrier()
     q.put((rank, held))

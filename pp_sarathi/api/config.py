@@ -14,7 +14,8 @@ ALIASES = {
     "dtype": "model.dtype", "max_model_len": "model.max_model_len",
     "chunk_size": "scheduler.chunk_size", "max_batch_size": "scheduler.max_batch_size",
     "tile_size": "scheduler.tile_size",
-    "backend": "parallel.backend", "partition": "parallel.partition", "timeout_s": "parallel.timeout_s",
+    "backend": "parallel.backend", "transport": "parallel.transport", "partition": "parallel.partition",
+    "timeout_s": "parallel.timeout_s",
     "threads_per_stage": "parallel.threads_per_stage",
     "block_size": "cache.block_size", "num_blocks": "cache.num_blocks",
 }

@@ -133,8 +133,7 @@ class CostModel:
         return self.p2p(head) + self.p2p(meta) + self.p2p(hidden)
 
     def return_time(self, b: BatchShape) -> float:
-        head, tokens = result_message_bytes(b.num_parts)
-        return self.p2p(head) + self.p2p(tokens)
+        return sum(self.p2p(m) for m in result_message_bytes(b.num_parts))
 
     def send_time(self, b: BatchShape, position: str) -> float:
         """Time a stage (``position``: first, mid or last) is busy handing its output to the

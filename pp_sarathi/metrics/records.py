@@ -81,3 +81,5 @@ class RunOutcome:
     predictor: dict | None = None  # the stage-time predictor the scheduler used (its describe())
     # stage -> its process's torch threads, the CPUs they may run on, whether the run bound them
     stage_cpus: dict[int, dict] = field(default_factory=dict)
+    # pipelines: parallel.transport and, per stage link, how its forward hops travelled
+    transport: dict | None = None

@@ -85,6 +85,7 @@ def summarize(out: RunOutcome, config: dict | None = None) -> dict:
         # source, cost_model (the predictor's own description), online_scale, observations
         "predictor": {**(out.predictor or {}),
                       "error": percentiles(prediction_errors(out.stage_records, out.batches))},
+        **({"transport": out.transport} if out.transport else {}),
         "batches": {"count": len(out.batches), "by_kind": kinds,
                     "mean_tokens": float(np.mean([b.num_prefill_tokens + b.num_decode_tokens
                                                   for b in out.batches])) if out.batches else 0.0},

@@ -32,6 +32,7 @@ from .cores import (child_binding, cpu_report, log_cores, plan_cores, restore_th
                     usable_cpus)
 from .host import prepare_host
 from .prepare import Prepared, new_scheduler
+from .ring_setup import connect_rings
 from .stage import build_executor, pick_device, serve_stage
 from .transport import StageLink
 
@@ -240,13 +241,18 @@ def run_rank(prep: Prepared, rank: int, world: int, local_rank: int,
     comm_device = device if dist.get_backend() == "nccl" else torch.device("cpu")
     link = StageLink(rank, world, prep.arch.hidden_size, parse_dtype(cfg.model.dtype), comm_device,
                      cfg.sampling.logprobs)
+    how = connect_rings(link, cfg, prep.arch)
+    if rank == 0:
+        log.info("activations between stages: %s", how)
     dist.barrier()
     clock = StageClock(device)
     share_origin(clock)
     timeline = StageTimeline(clock, rank)
     if rank != 0:
         serve_stage(executor, link, timeline)
-        dist.gather_object((timeline.records(), cpu_report()), None, dst=0)
+        hop = link.describe()
+        link.close()
+        dist.gather_object((timeline.records(), cpu_report(), hop), None, dst=0)
         return None
     predictor = run_predictor(cfg, prep.model_path, prep.arch, executor, prep.layer_ranges)
     scheduler = new_scheduler(prep, predictor)
@@ -267,12 +273,18 @@ def run_rank(prep: Prepared, rank: int, world: int, local_rank: int,
     if error is None:
         link.send_stop()
         link.flush()
+        hop = link.describe()
+        link.close()
         gathered: list = [None] * world
-        dist.gather_object((records, cpus[0]), gathered, dst=0)
+        dist.gather_object((records, cpus[0], hop), gathered, dst=0)
         records = [r for part in gathered for r in (part[0] if part else [])]
         cpus = {r: part[1] for r, part in enumerate(gathered) if part}
+        hops = [part[2] for part in gathered if part and part[2] is not None]
+    else:
+        hops = [link.describe()]
     return RunOutcome(seqs, driver.batches, records, world, wall, prep.layer_ranges, str(device), error,
-                      driver_spans=driver.spans, predictor=predictor_info(predictor), stage_cpus=cpus)
+                      driver_spans=driver.spans, predictor=predictor_info(predictor), stage_cpus=cpus,
+                      transport={"mode": str(cfg.parallel.transport), "hops": hops})
 
 
 def predictor_info(predictor) -> dict:

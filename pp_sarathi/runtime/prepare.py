@@ -43,6 +43,9 @@ def check_devices(cfg: RunConfig) -> None:
     pp, backend = cfg.parallel.pp, cfg.parallel.backend
     gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
     wants_cuda = cfg.device.startswith("cuda") or (cfg.device == "auto" and gpus > 0)
+    if pp > 1 and cfg.parallel.transport == "shm" and (backend == "nccl" or (backend == "auto" and wants_cuda)):
+        raise ValueError("parallel.transport=shm is a gloo path (stages on one CPU host); with NCCL "
+                         "between GPUs use parallel.transport=auto or gloo")
     if backend == "nccl" and gpus < pp:
         raise ValueError(f"parallel.backend=nccl needs {pp} GPUs (one per stage), found {gpus}")
     if pp > 1 and wants_cuda and backend == "auto" and gpus < pp:

@@ -88,6 +88,7 @@ class _StageState:
         from ..model.loader import parse_dtype
         from .host import prepare_host
         from .launch import init_process_group
+        from .ring_setup import connect_rings
         from .stage import build_executor, pick_device
         from .transport import StageLink
 
@@ -101,6 +102,7 @@ class _StageState:
             import torch.distributed as dist
             comm = self.device if dist.get_backend() == "nccl" else torch.device("cpu")
             self.link = StageLink(rank, world, spec.arch.hidden_size, parse_dtype(cfg.model.dtype), comm, 0)
+            connect_rings(self.link, cfg, spec.arch)
         self.executor = build_executor(cfg, spec.model_path, spec.arch, spec.layer_ranges[rank], self.device)
 
     def run(self, job: Job):
@@ -160,6 +162,7 @@ class _StageState:
     def close(self) -> None:
         if self.link is not None:
             import torch.distributed as dist
+            self.link.close()
             try:
                 dist.destroy_process_group()
             except Exception:

@@ -19,6 +19,7 @@ from ...runtime.driver import PipelineFront, drive
 from ...runtime.partition import layer_counts, layer_ranges
 from ...runtime.host import prepare_host
 from ...runtime.stage import serve_stage
+from ...runtime.ring_setup import connect_rings
 from ...runtime.transport import StageLink
 from ...scheduler.batch import BatchPlan
 from .bench import stage_executor
@@ -153,12 +154,14 @@ def link_worker(rank: int, a: dict) -> dict | None:
         for (c, d), parts in zip(a["shapes"], shapes):
             ex.calls = 0
             link = StageLink(rank, world, h, dtype, torch.device("cpu"))
+            connect_rings(link, cfg, arch)  # as the runtime's links (parallel.transport)
             dist.barrier()
             clock = StageClock("cpu")
             offsets = clock_offsets(clock, rank, world)
             timeline = StageTimeline(clock, rank)
             if rank != 0:
                 serve_stage(ex, link, timeline)
+                link.close()
                 dist.gather_object(timeline.records(), None, dst=0)
                 continue
             pipe = PipelineFront(ex, link, timeline, heartbeat_s=1.0)
@@ -166,6 +169,7 @@ def link_worker(rank: int, a: dict) -> dict | None:
             pipe.close(60.0)
             link.send_stop()
             link.flush()
+            link.close()
             gathered: list = [None] * world
             dist.gather_object(timeline.records(), gathered, dst=0)
             records = [_shifted(r, -offsets[r.stage]) for part in gathered for r in (part or [])]
@@ -178,7 +182,8 @@ def link_worker(rank: int, a: dict) -> dict | None:
 
 def measure_link(cfg: RunConfig, shapes=LINK_SHAPES, batches: int = 36, timeout_s: float = 300.0) -> dict:
     """Run the runtime's own driver loop (``drive`` + ``PipelineFront``) and stage loop
-    (``serve_stage``) with its gloo transport over ``parallel.pp`` local processes whose stages
+    (``serve_stage``) with its transport (gloo, with the shared-memory ring as
+    ``parallel.transport`` says) over ``parallel.pp`` local processes whose stages
     really compute (:class:`LinkStage`): {"chunk,decodes": {interval: [seconds]}} for each
     micro-batch shape, intervals as in :func:`link_intervals`."""
     world = max(2, cfg.parallel.pp)
