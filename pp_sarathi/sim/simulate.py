@@ -131,8 +131,12 @@ def run_simulation(cfg: RunConfig, cost: CostModel | None = None, on_finished=No
     device = f"sim:{cost.describe().get('source')}:" + (
         f"{cfg.hardware.name}/tp{cfg.hardware.tp}" if isinstance(cost, RooflineCosts)
         else str(cost.describe().get("device")))
+    # A simulated stage runs the cost model's thread count on no real core.
+    cpus = {s: {"threads": threads, "cores": [], "cores_bound": False} for s in range(pp)}
     return RunOutcome(seqs, batches, pipe.records, pp, clock.now(), ranges, device, None,
-                      sim=SimInfo(info, pipe.jitter_factor),
+                      sim=SimInfo(info, pipe.jitter_factor), stage_cpus=cpus,
+                      # hops are priced by the cost model, none is counted
+                      transport={"mode": str(cfg.parallel.transport), "hops": []} if pp > 1 else None,
                       predictor={"source": cost.describe().get("source"), "cost_model": cost.describe(),
                                  "online_scale": 1.0, "observations": 0})
 
