@@ -52,7 +52,8 @@ class AttentionMetadata:
     # Parts of more than one token: (first flat row, num_tokens, start position, blocks to
     # gather, mask). blocks is None for a chunk that starts its sequence (it attends only to
     # its own K/V, which the layer has at hand). mask: None = causal over the chunk's own
-    # keys, else a bool mask or a lower-right causal bias over the ``start + num_tokens`` keys.
+    # keys, else a bool mask (CPU, sliding window) or a lower-right causal bias over the
+    # ``start + num_tokens`` keys.
     chunks: list[tuple[int, int, int, torch.Tensor | None, torch.Tensor | None]]
     # Single-token parts (decodes) attended together: flat rows, blocks, key mask
     decode_rows: torch.Tensor | None
@@ -99,6 +100,11 @@ def build_attention_metadata(parts: list[PartSpec], block_size: int, device,
                 q_pos = torch.arange(begin, end, device=device)[:, None]
                 k_pos = torch.arange(end, device=device)[None, :]
                 mask = (k_pos <= q_pos) & (k_pos > q_pos - sliding_window)
+            elif begin > 0 and torch.device(device).type == "cpu":
+                # Causal aligned to the end of the keys, built once for every layer: on the CPU
+                # SDPA would materialise a lower-right bias again in each layer.
+                q_pos = torch.arange(begin, end)[:, None]
+                mask = torch.arange(end)[None, :] <= q_pos
             elif begin > 0:
                 # Causal aligned to the end of the keys; SDPA keeps its fused kernels for this.
                 mask = causal_lower_right(part.num_tokens, end)
