@@ -27,6 +27,11 @@ static inline float dot(const float *restrict a, const float *restrict b, int64_
     return s;
 }
 
+/* The pool row holding key t of the sequence whose block table is ``table``. */
+static inline int64_t slot_of(const int64_t *table, int64_t t, int64_t block_size) {
+    return table[t / block_size] * block_size + t % block_size;
+}
+
 void paged_decode_scores(const float *restrict q, const float *restrict k_pool,
                          const int64_t *restrict tables, const int64_t *restrict lens,
                          float *restrict scores, int64_t W, int64_t H, int64_t Hkv, int64_t d,
@@ -39,8 +44,7 @@ void paged_decode_scores(const float *restrict q, const float *restrict k_pool,
         float *sc = scores + s * H * width;
         const int64_t len = lens[s];
         for (int64_t t = 0; t < len; t++) {
-            const int64_t slot = tables[s * W + t / block_size] * block_size + t % block_size;
-            const float *krow = k_pool + slot * Hkv * d;
+            const float *krow = k_pool + slot_of(tables + s * W, t, block_size) * Hkv * d;
             for (int64_t kvh = 0; kvh < Hkv; kvh++)
                 for (int64_t j = 0; j < g; j++) {
                     const int64_t h = kvh * g + j;
@@ -64,8 +68,7 @@ void paged_decode_values(const float *restrict probs, const float *restrict v_po
         memset(o, 0, (size_t)(H * d) * sizeof(float));
         const int64_t len = lens[s];
         for (int64_t t = 0; t < len; t++) {
-            const int64_t slot = tables[s * W + t / block_size] * block_size + t % block_size;
-            const float *vrow = v_pool + slot * Hkv * d;
+            const float *vrow = v_pool + slot_of(tables + s * W, t, block_size) * Hkv * d;
             for (int64_t kvh = 0; kvh < Hkv; kvh++)
                 for (int64_t j = 0; j < g; j++) {
                     const int64_t h = kvh * g + j;
