@@ -5,6 +5,7 @@ import functools
 import json
 import logging
 import os
+import signal
 from pathlib import Path
 
 from ..config import RunConfig
@@ -21,7 +22,16 @@ log = logging.getLogger("pp_sarathi")
 
 
 class UserError(Exception):
-    """Bad input or a failed run, reported as one line (exit code 2)."""
+    """Bad input or a failed run, reported as one line (exit code 2, or 128 + the signal for a
+    run stopped by SIGINT/SIGTERM, as a shell reports a killed command)."""
+
+    def __init__(self, message: str, exit_code: int = 2):
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def _interrupted(signal_name: str, message: str) -> UserError:
+    return UserError(message, 128 + signal.Signals[signal_name].value)
 
 
 def record_failure(run_dir: str, message: str) -> None:
@@ -84,7 +94,7 @@ def execute(cfg: RunConfig, cfg_dict: dict, run_dir: str) -> dict | None:
             outcome = serve_local(prep, lambda seqs: (writer(seqs), bar.update(len(seqs))), stop)
         results = finalize(outcome)
         if stop.reason is not None:
-            raise UserError(f"run stopped by {stop.reason}; outputs so far are in {run_dir}")
+            raise _interrupted(stop.reason, f"run stopped by {stop.reason}; outputs so far are in {run_dir}")
         return results
     from .progress import watch_partial
     try:
@@ -94,7 +104,7 @@ def execute(cfg: RunConfig, cfg_dict: dict, run_dir: str) -> dict | None:
     except RunInterrupted as exc:
         if not (Path(run_dir) / "outputs.jsonl").exists():
             salvage_outputs(prep.requests, run_dir, str(exc))
-        raise UserError(f"{exc}; outputs so far are in {run_dir}") from None
+        raise _interrupted(exc.signal_name, f"{exc}; outputs so far are in {run_dir}") from None
     except PipelineFailure as exc:
         salvage_outputs(prep.requests, run_dir, str(exc))
         raise UserError(f"{exc}; finished requests are in {run_dir}/outputs.jsonl") from None

@@ -86,7 +86,7 @@ def _task(cfg) -> None:
             SWEEP.failed += 1
             return
         _error(str(exc))
-        sys.exit(2)
+        sys.exit(exc.exit_code)
     except Exception as exc:
         if multirun:
             log.exception("sweep point %s failed", hc.job.num)

@@ -49,6 +49,10 @@ class PipelineFailure(RuntimeError):
 class RunInterrupted(RuntimeError):
     """The run was stopped by SIGINT or SIGTERM (outputs and records so far are written)."""
 
+    def __init__(self, signal_name: str):
+        super().__init__(f"run stopped by {signal_name}")
+        self.signal_name = signal_name
+
 
 def _raise_interrupt(signum, frame):
     raise KeyboardInterrupt(signal.Signals(signum).name)
@@ -196,7 +200,7 @@ def launch(prep: Prepared, finalize: Callable[[RunOutcome], None] | None = None,
         if codes and codes <= set(stops):
             interrupted = stops[min(codes)]
     if interrupted is not None:
-        raise RunInterrupted(f"run stopped by {interrupted}")
+        raise RunInterrupted(interrupted)
     if failed is None:
         bad = [(r, p.exitcode) for r, p in enumerate(procs) if p.exitcode != 0]
         failed = bad[0] if bad else None
