@@ -26,6 +26,8 @@ from pathlib import Path
 
 import torch
 
+from .preset import cache_root
+
 log = logging.getLogger("pp_sarathi")
 
 SOURCE = Path(__file__).with_name("csrc") / "paged_decode.c"
@@ -47,14 +49,10 @@ def _cpu_key() -> str:
     return platform.machine() + flags
 
 
-def _cache_dir() -> Path:
-    return Path(os.environ.get("PP_SARATHI_CACHE", Path.home() / ".cache" / "pp_sarathi")) / "kernels"
-
-
 def _build(compiler: str) -> Path:
     source = SOURCE.read_bytes()
     key = hashlib.sha256(source + " ".join([compiler, *CFLAGS]).encode() + _cpu_key().encode())
-    target = _cache_dir() / f"paged_decode-{key.hexdigest()[:16]}.so"
+    target = cache_root() / "kernels" / f"paged_decode-{key.hexdigest()[:16]}.so"
     if target.is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
