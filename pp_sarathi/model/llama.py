@@ -80,9 +80,14 @@ class DecoderLayer(nn.Module):
         bs = meta.block_size
         k_blocks = k_pool.view(-1, bs, *k_pool.shape[1:])  # [num_blocks, block_size, Hkv, d]
         v_blocks = v_pool.view(-1, bs, *v_pool.shape[1:])
+        in_place = not self.arch.sliding_window and cpu_attention.applies(q, k_pool)
         for row, n, start, blocks, mask in meta.chunks:
+            if in_place:
+                cpu_attention.paged_chunk_attention(q[row:row + n], k_pool, v_pool, blocks, start,
+                                                    out[row:row + n], bs)
+                continue
             qc = q[row:row + n].transpose(0, 1).unsqueeze(0)  # [1, H, n, d]
-            if blocks is None:  # the chunk starts its sequence: its own K/V are all it sees
+            if start == 0:  # the chunk starts its sequence: its own K/V are all it sees
                 if k is not None:
                     kc, vc = k[row:row + n], v[row:row + n]
                 else:
@@ -97,8 +102,7 @@ class DecoderLayer(nn.Module):
             o = F.scaled_dot_product_attention(qc, kc, vc, attn_mask=mask, is_causal=mask is None,
                                                enable_gqa=gqa)
             out[row:row + n] = o[0].transpose(0, 1)
-        if meta.decode_rows is not None and meta.decode_lens is not None \
-                and cpu_attention.applies(q, k_pool):
+        if meta.decode_rows is not None and meta.decode_lens is not None and in_place:
             out[meta.decode_rows] = cpu_attention.paged_decode_attention(
                 q[meta.decode_rows], k_pool, v_pool, meta.decode_blocks, meta.decode_lens, bs)
         elif meta.decode_rows is not None:
