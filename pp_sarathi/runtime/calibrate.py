@@ -39,7 +39,7 @@ PROBE_SHAPES: list[tuple[list[tuple[int, int]], list[int]]] = [
     ([(96, 128)], [300] * 12),
 ]
 PROBE_REPEATS = 3
-CACHE_VERSION = 2  # bumped when the engine's speed changes (2: in-place CPU decode attention)
+CACHE_VERSION = 3  # bumped when the engine's speed changes (2: in-place CPU decode attention, 3: chunks)
 
 
 def probe_shapes(max_len: int) -> list[tuple[list[tuple[int, int]], list[int]]]:
