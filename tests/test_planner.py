@@ -2,6 +2,8 @@
 and how T adapts; pure Python with a synthetic cost model (no torch)."""
 from __future__ import annotations
 
+import statistics
+
 import pytest
 
 from pp_sarathi.config import SchedulerConfig
@@ -242,3 +244,48 @@ def test_probed_fit_recovers_its_terms_and_plan_cost_agrees():
             assert f(pre, 3) == pytest.approx(pc.seconds(pre, dec, 3), rel=1e-12)
         pc.observe(pc.seconds([(64, 0)], dec, 3), 2 * pc.seconds([(64, 0)], dec, 3))
         assert pc.scale == pytest.approx(2.0)  # the first observation sets the scale
+
+
+def test_plan_cost_refits_the_probe_to_what_the_run_measures():
+    """A run whose decodes cost 3x what the probe saw (and weights 1.5x): the online refit of
+    the probed terms predicts its micro-batches, where one overall scale cannot."""
+    import random
+
+    from pp_sarathi.config import ModelConfig
+    from pp_sarathi.cost import BatchShape
+    from pp_sarathi.cost.probed import ProbedCosts
+    from pp_sarathi.model.arch import ModelArch
+
+    arch = ModelArch.from_config(ModelConfig())
+    probe = {"weights": 2e-3, "per_token": 3e-5, "per_pair": 1e-8, "per_decode_key": 4e-8, "per_part": 1e-4}
+    run = dict(probe, weights=3e-3, per_decode_key=1.2e-7)
+    prior, truth = ProbedCosts(arch, "float32", probe), ProbedCosts(arch, "float32", run)
+    rng = random.Random(0)
+
+    def batch():
+        decodes = [rng.randint(50, 900) for _ in range(rng.randint(0, 24))]
+        prefills = [(rng.randint(2, 128), rng.choice([0, rng.randint(1, 600)]))] if rng.random() < 0.8 or not decodes else []
+        return prefills, decodes, len(decodes) + len(prefills)
+
+    for layers in ([4, 4], [8]):
+        pc = PlanCost(prior, layers)
+        last = len(layers) == 1
+        for _ in range(PlanCost.REFIT_WINDOW):
+            pre, dec, sampled = batch()
+            measured = truth.step(BatchShape.of(pre, dec, sampled), layers[0], last)
+            pc.observe(pc.stage_seconds(pre, dec, sampled)[0], measured, pre, dec, sampled)
+        assert pc.refits == PlanCost.REFIT_WINDOW // PlanCost.REFIT_EVERY
+        assert pc.cost.prior is prior and pc.cost.info["refits"] == pc.refits
+        scaled_only = PlanCost(prior, layers)
+        scaled_only.scale = statistics.median(
+            truth.step(BatchShape.of(*b), layers[0], last) / prior.step(BatchShape.of(*b), layers[0], last)
+            for b in (batch() for _ in range(64)))
+        errors, scaled_errors = [], []
+        for _ in range(100):
+            pre, dec, sampled = batch()
+            true_s = truth.step(BatchShape.of(pre, dec, sampled), layers[0], last)
+            errors.append(abs(pc.stage_seconds(pre, dec, sampled)[0] / true_s - 1))
+            scaled_errors.append(abs(scaled_only.stage_seconds(pre, dec, sampled)[0] / true_s - 1))
+        # The probe's anchors pull a little towards its own shape of the costs.
+        assert max(errors) < 0.05 and statistics.median(errors) < 0.02, (max(errors), statistics.median(errors))
+        assert max(scaled_errors) > 0.15  # what the refit is for

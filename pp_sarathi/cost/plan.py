@@ -8,6 +8,7 @@ floats: a planner asks for several candidates per micro-batch.
 from __future__ import annotations
 
 import math
+from collections import deque
 from typing import Callable
 
 from .predictor import CostModel, StageTimePredictor
@@ -23,11 +24,16 @@ class PlanCost:
 
     ``scale`` multiplies every prediction; :meth:`observe` moves it towards the measured ÷
     predicted ratio of the micro-batches a run computes (online refinement: a calibration
-    taken on an idle device also fits a device shared with the other stages).
+    taken on an idle device also fits a device shared with the other stages). A cost model
+    that can refit itself (``refit(observed, layers, last)``, the probed one) is also refitted
+    to the last :attr:`REFIT_WINDOW` observed micro-batches every :attr:`REFIT_EVERY` of them:
+    the terms a busy device slows down are not all slowed alike.
     """
 
     # Weight of each new observation in the running mean of log(measured / predicted).
     REFINE_WEIGHT = 0.05
+    REFIT_EVERY = 32
+    REFIT_WINDOW = 256
 
     def __init__(self, cost: StageTimePredictor, layers: list[int]):
         if not layers or min(layers) < 1:
@@ -38,10 +44,15 @@ class PlanCost:
         self.scale = 1.0
         self._log_scale = 0.0
         self.observations = 0
+        self.refits = 0
+        self._seen: deque[tuple[BatchShape, float]] = deque(maxlen=self.REFIT_WINDOW)
 
-    def observe(self, predicted_s: float, measured_s: float) -> None:
+    def observe(self, predicted_s: float, measured_s: float, prefills: list[tuple[int, int]] | None = None,
+                decode_ctx: list[int] | None = None, num_sampled: int | None = None) -> None:
         """A micro-batch predicted at ``predicted_s`` (with the current scale) took
-        ``measured_s`` on its stage: refine :attr:`scale`."""
+        ``measured_s`` on the first stage: refine :attr:`scale`; given the micro-batch's shape
+        (``prefills``, ``decode_ctx``, ``num_sampled`` as in :meth:`stage_seconds`), refit the
+        cost model every :attr:`REFIT_EVERY` observations where it can be."""
         if predicted_s <= 0 or measured_s <= 0:
             return
         raw = math.log(measured_s / (predicted_s / self.scale))
@@ -49,6 +60,15 @@ class PlanCost:
         self._log_scale += w * (raw - self._log_scale)
         self.observations += 1
         self.scale = math.exp(self._log_scale)
+        refit = getattr(self.cost, "refit", None)
+        if prefills is None or refit is None:
+            return
+        self._seen.append((BatchShape.of(prefills, decode_ctx or [], num_sampled), measured_s))
+        if len(self._seen) >= self.REFIT_EVERY and self.observations % self.REFIT_EVERY == 0:
+            # One attribute swap: a scheduler on another thread sees the old model or the new.
+            self.cost = refit(list(self._seen), self.layers[0], len(self.layers) == 1)
+            self.refits += 1
+            self._log_scale, self.scale = 0.0, 1.0
 
     @property
     def num_stages(self) -> int:

@@ -18,7 +18,7 @@ import torch
 
 from ..config import RunConfig
 from ..cost import BatchShape, CostModel, PlanCost, ProfileCosts
-from ..cost.probed import ProbedCosts
+from ..cost.probed import ProbedCosts, probe_shapes
 from ..model.arch import ModelArch
 from ..model.preset import cache_root
 from ..scheduler.batch import ScheduledPart
@@ -26,30 +26,8 @@ from .executor import StageExecutor
 
 log = logging.getLogger("pp_sarathi")
 
-# (prefill chunks (tokens, cached), decode contexts) at a 1024-token context; scaled down for
-# models with a shorter one. Spread over tokens, attention pairs, decode keys and part counts.
-PROBE_SHAPES: list[tuple[list[tuple[int, int]], list[int]]] = [
-    ([(32, 0)], []),
-    ([(128, 0)], []),
-    ([(256, 0)], []),
-    ([(128, 384)], []),
-    ([(64, 0), (64, 64)], []),
-    ([], [256] * 4),
-    ([], [512] * 16),
-    ([(96, 128)], [300] * 12),
-]
 PROBE_REPEATS = 3
 CACHE_VERSION = 3  # bumped when the engine's speed changes (2: in-place CPU decode attention, 3: chunks)
-
-
-def probe_shapes(max_len: int) -> list[tuple[list[tuple[int, int]], list[int]]]:
-    """:data:`PROBE_SHAPES` scaled to a model whose context is ``max_len`` tokens."""
-    f = min(1.0, (max_len - 1) / 1024.0)
-
-    def sc(x: int) -> int:
-        return max(1, int(x * f))
-    return [([(max(2, sc(c)), sc(k) if k else 0) for c, k in pre], [max(2, sc(x)) for x in dec])
-            for pre, dec in PROBE_SHAPES]
 
 
 def _parts(prefills, decodes, block_size: int, num_blocks: int) -> list[ScheduledPart]:

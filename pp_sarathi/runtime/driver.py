@@ -104,12 +104,13 @@ def _observe(observer, plan: BatchPlan, start, end, clock) -> None:
     """Hand stage 0's measured compute of ``plan`` to the predictor's online refinement (host
     clocks only: reading a CUDA event here would synchronise the hot path)."""
     if observer is not None and plan.predicted_stage_s and not getattr(clock, "cuda", False):
-        observer(plan.predicted_stage_s[0], clock.seconds(end) - clock.seconds(start))
+        observer(plan.predicted_stage_s[0], clock.seconds(end) - clock.seconds(start), *plan.cost_shape())
 
 
 class LocalPipeline:
     """pp=1: every layer in this process; submit computes at once, collect hands results back.
-    ``observer(predicted_s, measured_s)``: told every micro-batch's compute time."""
+    ``observer(predicted_s, measured_s, prefills, decode_ctx, num_sampled)``: told every
+    micro-batch's compute time and shape."""
 
     num_stages = 1
 
@@ -141,8 +142,8 @@ class FirstStage:
     """Stage 0 of a pipeline on its own thread of rank 0, fed by the driver through a queue.
 
     Sampled tokens come back to the driver thread directly from the last stage; only this
-    thread sends to stage 1. ``observer(predicted_s, measured_s)``: told every micro-batch's
-    stage-0 compute time."""
+    thread sends to stage 1. ``observer(predicted_s, measured_s, prefills, decode_ctx,
+    num_sampled)``: told every micro-batch's stage-0 compute time and shape."""
 
     def __init__(self, executor: StageExecutor, link: StageLink, timeline: StageTimeline, observer=None):
         self.executor, self.link, self.timeline, self.observer = executor, link, timeline, observer

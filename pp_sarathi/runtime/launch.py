@@ -294,7 +294,7 @@ def run_rank(prep: Prepared, rank: int, world: int, local_rank: int,
 def predictor_info(predictor) -> dict:
     """results.json's ``predictor`` section (less the error, which metrics adds)."""
     return {"source": predictor.cost.describe().get("source"), "cost_model": predictor.cost.describe(),
-            "online_scale": predictor.scale, "observations": predictor.observations}
+            "online_scale": predictor.scale, "observations": predictor.observations, "refits": predictor.refits}
 
 
 def serve_local(prep: Prepared, on_finished=None, stop: StopRequest | None = None) -> RunOutcome:

@@ -115,15 +115,7 @@ class Scheduler:
 
     def predict(self, plan: BatchPlan) -> list[float]:
         """Predicted compute seconds of ``plan`` on every stage."""
-        prefills, decodes, sampled = [], [], 0
-        for p in plan.parts:
-            n = p.num_tokens
-            if n == 1:
-                decodes.append(p.start + 1)
-            else:
-                prefills.append((n, p.start))
-            sampled += p.sample
-        return self.predictor.stage_seconds(prefills, decodes, sampled)
+        return self.predictor.stage_seconds(*plan.cost_shape())
 
     # ---- views the policies use ------------------------------------------------------
     def schedulable_decodes(self) -> list[Sequence]:

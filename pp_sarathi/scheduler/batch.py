@@ -41,6 +41,18 @@ class BatchPlan:
     def num_decode_tokens(self) -> int:
         return sum(p.num_tokens for p in self.parts if not p.is_prefill)
 
+    def cost_shape(self) -> tuple[list[tuple[int, int]], list[int], int]:
+        """What a stage-time predictor needs: prefill chunks ``(tokens, cached)``, decode
+        contexts (keys each decode attends to, itself included) and the sampled row count."""
+        prefills, decodes, sampled = [], [], 0
+        for p in self.parts:
+            if p.num_tokens == 1:
+                decodes.append(p.start + 1)
+            else:
+                prefills.append((p.num_tokens, p.start))
+            sampled += p.sample
+        return prefills, decodes, sampled
+
     @property
     def kind(self) -> str:
         """prefill, decode or hybrid, for plots and traces."""
