@@ -138,7 +138,7 @@ def run_simulation(cfg: RunConfig, cost: CostModel | None = None, on_finished=No
                       # hops are priced by the cost model, none is counted
                       transport={"mode": str(cfg.parallel.transport), "hops": []} if pp > 1 else None,
                       predictor={"source": cost.describe().get("source"), "cost_model": cost.describe(),
-                                 "online_scale": 1.0, "observations": 0})
+                                 "online_scale": 1.0, "observations": 0, "refits": 0})
 
 
 def simulation_results(outcome: RunOutcome, config: dict | None = None) -> dict:

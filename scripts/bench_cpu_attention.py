@@ -1,14 +1,14 @@
 #!/usr/bin/env python
-"""Decode attention on the CPU: the in-place paged kernel (model/cpu_attention.py) against the
-gather + SDPA path, in whole forward passes of the embedded default model.
+"""Attention on the CPU: the in-place paged kernels (model/cpu_attention.py: decodes and prefill
+chunks) against the gather + SDPA path, in whole forward passes of the embedded default model.
 
 Each case is one batch through the real StageModel / KVCache / build_attention_metadata path,
-timed with the kernel on and off in alternating order, round after round, in one process (load
+timed with the kernels on and off in alternating order, round after round, in one process (load
 changes hit both alike); figures are medians. The first forward of each case checks that both
 paths give the same greedy tokens and prints the largest logit difference.
 
-    .venv/bin/python scripts/bench_decode_attention.py                 # 1 thread
-    .venv/bin/python scripts/bench_decode_attention.py --threads 2 --rounds 9
+    .venv/bin/python scripts/bench_cpu_attention.py                 # 1 thread
+    .venv/bin/python scripts/bench_cpu_attention.py --threads 2 --rounds 9
 """
 from __future__ import annotations
 
@@ -29,6 +29,10 @@ from pp_sarathi.model.source import resolve_checkpoint
 BLOCK = 16
 # (name, prefill chunks as (cached tokens, chunk tokens), decode contexts)
 CASES = [
+    ("chunk 128 @0", [(0, 128)], []),
+    ("chunk 128 @384", [(384, 128)], []),
+    ("chunk 128 @1920", [(1920, 128)], []),
+    ("chunks 64 @0 + 64 @200", [(0, 64), (200, 64)], []),
     ("chunk 128 @384 + 16 decodes @512", [(384, 128)], [512] * 16),
     ("chunk 100 @384 + 28 decodes @512", [(384, 100)], [512] * 28),
     ("chunk 128 @1920 + 16 decodes @2000", [(1920, 128)], [2000] * 16),
@@ -45,7 +49,7 @@ def main() -> int:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if not cpu_attention.applies(torch.zeros(1, 16, 64), torch.zeros(16, 4, 64)):
-        raise SystemExit("the decode-attention kernel cannot be built here (no C compiler?)")
+        raise SystemExit("the CPU attention kernels cannot be built here (no C compiler?)")
     src = resolve_checkpoint(ModelConfig())
     arch = src.arch
     model = load_stage(src.path, 0, arch.num_layers, arch=arch)
