@@ -48,6 +48,30 @@ def _filled_pool(lens, bs, kv_heads, head_dim, num_blocks=512, seed=0):
     return kv, tables, seqs
 
 
+def _kernel_and_torch_path(layer, kernel: str, q, meta, kv, *new_kv):
+    """The layer's attention with the kernels on (counting the rows each call of ``kernel``
+    gets) and off: (rows per call, kernel output, torch output)."""
+    calls = []
+    real = getattr(cpu_attention, kernel)
+
+    def counting(*args):
+        calls.append(args[0].shape[0])
+        return real(*args)
+
+    with torch.inference_mode():
+        setattr(cpu_attention, kernel, counting)
+        try:
+            fast = layer._attention(q, meta, kv.k[0], kv.v[0], *new_kv)
+        finally:
+            setattr(cpu_attention, kernel, real)
+        cpu_attention.ENABLED = False
+        try:
+            slow = layer._attention(q, meta, kv.k[0], kv.v[0], *new_kv)
+        finally:
+            cpu_attention.ENABLED = True
+    return calls, fast, slow
+
+
 @needs_kernel
 @pytest.mark.parametrize("heads,kv_heads,head_dim", [(16, 4, 64), (8, 8, 32), (4, 1, 128)])
 @pytest.mark.parametrize("threads", [1, 2])
@@ -76,30 +100,13 @@ def test_layer_decodes_take_the_kernel_and_agree_with_the_torch_path():
     bs = 16
     lens = [40, 300, 1, 97]
     kv, tables, _ = _filled_pool(lens, bs, arch.num_kv_heads, arch.head_dim)
-    # A chunk after cached tokens next to the decodes: only the decodes change path.
+    # A chunk after cached tokens next to the decodes.
     parts = [PartSpec(n - 1, 1, t, True) for n, t in zip(lens, tables)]
     parts.insert(1, PartSpec(32, 8, tables[0], True))
     meta = build_attention_metadata(parts, bs, "cpu")
     assert meta.decode_lens is not None
     q = torch.randn(meta.num_tokens, arch.num_heads, arch.head_dim)
-    calls = []
-    real = cpu_attention.paged_decode_attention
-
-    def counting(*args):
-        calls.append(args[0].shape[0])
-        return real(*args)
-
-    with torch.inference_mode():
-        cpu_attention.paged_decode_attention = counting
-        try:
-            fast = layer._attention(q, meta, kv.k[0], kv.v[0])
-        finally:
-            cpu_attention.paged_decode_attention = real
-        cpu_attention.ENABLED = False
-        try:
-            slow = layer._attention(q, meta, kv.k[0], kv.v[0])
-        finally:
-            cpu_attention.ENABLED = True
+    calls, fast, slow = _kernel_and_torch_path(layer, "paged_decode_attention", q, meta, kv)
     assert calls == [len(lens)]
     torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-5)
 
@@ -177,23 +184,6 @@ def test_layer_chunks_take_the_kernel_and_agree_with_the_torch_path():
     q = qk[:, :arch.num_heads]
     new_k = kv.k[0].index_select(0, meta.slot_mapping)
     new_v = kv.v[0].index_select(0, meta.slot_mapping)
-    calls = []
-    real = cpu_attention.paged_chunk_attention
-
-    def counting(*args):
-        calls.append(args[0].shape[0])
-        return real(*args)
-
-    with torch.inference_mode():
-        cpu_attention.paged_chunk_attention = counting
-        try:
-            fast = layer._attention(q, meta, kv.k[0], kv.v[0], new_k, new_v)
-        finally:
-            cpu_attention.paged_chunk_attention = real
-        cpu_attention.ENABLED = False
-        try:
-            slow = layer._attention(q, meta, kv.k[0], kv.v[0], new_k, new_v)
-        finally:
-            cpu_attention.ENABLED = True
+    calls, fast, slow = _kernel_and_torch_path(layer, "paged_chunk_attention", q, meta, kv, new_k, new_v)
     assert calls == [100, 120]
     torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-5)
