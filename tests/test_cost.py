@@ -170,8 +170,21 @@ def test_measured_predictor_interpolates_and_fits_the_remainder():
     m = ProfileCosts(ARCH, "float32", rows + steps)
     assert m.misc_source == "stage" and m.misc_coef == pytest.approx([2e-4, 3e-6])
     assert m.jitter == pytest.approx(0.1)
+    assert m.jitter_at(1e-4) == pytest.approx(0.1) and m.jitter_at(10.0) == pytest.approx(0.1)
     b = BatchShape.of([(8, 0)], [64, 64])
     assert m.stage_seconds(b, 2, first=True, last=True) == pytest.approx(steps[0]["seconds"])
+
+
+def test_profile_jitter_follows_the_step_duration():
+    """Short stage steps vary more than long ones: the simulation draws each step's spread for
+    its own duration, as a power law through the profile's stage rows, within their range."""
+    rows = _op_rows()
+    for i, (b, ctx, jitter) in enumerate(((1, 16, 0.2), (4, 64, 0.1), (8, 256, 0.05), (8, 128, 0.07))):
+        rows.append(_row("stage", 1e-3 * 2 ** i, batch=b, context=ctx, layers=1, stage="only", jitter=jitter))
+    m = ProfileCosts(ARCH, "float32", rows)
+    assert m.jitter_at(1e-3) > m.jitter_at(4e-3) > m.jitter_at(8e-3)
+    assert m.jitter_at(1e-6) == pytest.approx(0.2) and m.jitter_at(10.0) == pytest.approx(0.05)
+    assert 0.05 < m.jitter < 0.2  # the pooled figure a report shows
 
 
 def test_held_out_error_of_exact_data_is_zero():

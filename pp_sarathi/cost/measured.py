@@ -10,6 +10,7 @@ a + b*tokens; the step-to-step spread of stage steps (``jitter``).
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -54,6 +55,7 @@ class ProfileCosts(CostModel):
         self.threads = first.get("threads")
         # CPU cores of the profiled host (0: unknown / not a CPU): stages beyond them time-share.
         self.cores = int(first.get("cores") or 0)
+        self._jitter_fit: tuple[float, float, float, float] | None = None  # see _fit_misc
         use = [r for i, r in enumerate(rows) if not exclude or i not in exclude]
         by: dict[str, list[dict]] = {}
         for r in use:
@@ -126,6 +128,13 @@ class ProfileCosts(CostModel):
             self.misc_source = "stage"
             js = [r["jitter"] for r in by["stage"] if r["jitter"] > 0]
             self.jitter = float(np.sqrt(np.mean(np.square(js)))) if js else 0.0
+            # Short steps vary more than long ones (a fixed hiccup is a larger share of them):
+            # ln(jitter) as a line in ln(seconds) over the stage rows, kept within their range.
+            pts = [(math.log(r["seconds"]), math.log(r["jitter"])) for r in by["stage"]
+                   if r["jitter"] > 0 and r["seconds"] > 0]
+            if len({x for x, _ in pts}) >= 3:
+                slope, icpt = np.polyfit([x for x, _ in pts], [y for _, y in pts], 1)
+                self._jitter_fit = (float(icpt), float(slope), min(js), max(js))
         elif by.get("layer"):
             xs, ys = [], []
             for r in by["layer"]:
@@ -235,6 +244,14 @@ class ProfileCosts(CostModel):
     def recv_time(self, b: BatchShape) -> float:
         return self.link_cost("recv", b) or 0.0
 
+    def jitter_at(self, seconds: float) -> float:
+        """The profile's step-to-step variation for a stage step of ``seconds``: its stage rows'
+        jitter as a power law of their duration (within the measured range), else their RMS."""
+        if self._jitter_fit is None or seconds <= 0:
+            return self.jitter
+        icpt, slope, lo, hi = self._jitter_fit
+        return min(hi, max(lo, math.exp(icpt + slope * math.log(seconds))))
+
     @property
     def measured_transport(self) -> bool:
         return "recv" in self._link
@@ -243,4 +260,6 @@ class ProfileCosts(CostModel):
         return {"source": self.source, "profile": self.path, "device": self.device, "dtype": self.dtype,
                 "threads": self.threads, "cores": self.cores,
                 "misc_per_layer": {"from": self.misc_source, "coef_s": self.misc_coef},
-                "jitter": self.jitter}
+                "jitter": self.jitter,
+                "jitter_by_duration": None if self._jitter_fit is None else
+                dict(zip(("ln_intercept", "slope", "min", "max"), self._jitter_fit))}

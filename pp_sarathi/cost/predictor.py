@@ -62,6 +62,11 @@ class CostModel:
     # (measured by a profile; 0 = deterministic).
     jitter = 0.0
 
+    def jitter_at(self, seconds: float) -> float:
+        """The step-to-step variation of a stage step that takes ``seconds`` (a profile
+        measures it per step size; default: :attr:`jitter` whatever the size)."""
+        return self.jitter
+
     def __init__(self, arch: ModelArch, dtype: str):
         self.arch = arch
         self.dtype = dtype

@@ -16,10 +16,10 @@ Model of the runtime (runtime/driver.py and runtime/stage.py), one FIFO server p
   busy ``send`` passing the result on.
 * the last stage returns the sampled tokens to rank 0; ``collect`` blocks the driver until
   ``last compute_end + return``.
-* ``jitter`` > 0: every stage's compute time of every micro-batch is drawn log-normally
-  around the modelled (median) time, independently, from a seeded generator (a profile
-  measures this step-to-step spread; it is what makes real pipelines idle more than
-  constant step times would).
+* ``jitter`` > 0 (or a function of the modelled step time, as a profile measures it: short
+  steps vary more): every stage's compute time of every micro-batch is drawn log-normally
+  around the modelled (median) time, independently, from a seeded generator (it is what makes
+  real pipelines idle more than constant step times would).
 * ``stretch`` (:class:`TimeShare`): more stage threads than the host's cores (a CPU profile):
   a stage computing while others compute gets its share of the cores; ``run_simulation``
   re-simulates with the previous simulation's timeline until it settles.
@@ -34,6 +34,7 @@ from __future__ import annotations
 import bisect
 import math
 import random
+from typing import Callable
 from collections import deque
 
 from ..metrics.records import StageRecord
@@ -162,7 +163,7 @@ class SimPipeline:
     def __init__(self, cost: CostModel, layers_per_stage: list[int], clock: VirtualClock,
                  dummy_token: int = 0, driver_blocks_on_stage0: bool = True,
                  schedule_overhead_s: float = 0.0, keep_records: bool = True, block_size: int = 16,
-                 jitter: float = 0.0, seed: int = 0, stretch=None,
+                 jitter: float | Callable[[float], float] = 0.0, seed: int = 0, stretch=None,
                  replay: dict[tuple[int, int], float] | None = None):
         self.cost = cost
         self.layers = list(layers_per_stage)
@@ -188,11 +189,12 @@ class SimPipeline:
             rec = self.replay
             return StageTimes([rec.get((s, plan.id), c) for s, c in enumerate(t.compute)], t.transfer, t.ret,
                               t.send, t.recv)
-        if self.jitter > 0:
+        if callable(self.jitter) or self.jitter > 0:
             # Every stage's step varies independently from one micro-batch to the next
             # (log-normal around the modelled median time).
             g = self._rng.gauss
-            f = [math.exp(self.jitter * g(0.0, 1.0)) for _ in t.compute]
+            sd = self.jitter if callable(self.jitter) else (lambda _c, j=self.jitter: j)
+            f = [math.exp(sd(c) * g(0.0, 1.0)) for c in t.compute]
             if self.engine.keep_records:
                 self.jitter_factor[plan.id] = f
             t = StageTimes([c * x for c, x in zip(t.compute, f)], t.transfer, t.ret, t.send, t.recv)

@@ -75,7 +75,8 @@ def run_simulation(cfg: RunConfig, cost: CostModel | None = None, on_finished=No
     ranges = layer_ranges(counts)
     requests = sim_requests(cfg.workload, arch.vocab_size, arch.eos_token_ids, arch.max_position_embeddings)
     placeholder = bool(requests) and isinstance(requests[0].prompt_token_ids, PlaceholderTokens)
-    jitter = cfg.sim.jitter if cfg.sim.jitter >= 0 else getattr(cost, "jitter", 0.0)
+    # As measured: the profile's spread for each step's own duration.
+    jitter = cfg.sim.jitter if cfg.sim.jitter >= 0 else (cost.jitter_at if cost.jitter > 0 else 0.0)
     if on_finished is None and cfg.sim.progress_every:
         on_finished = _Progress(cfg.sim.progress_every, len(requests), cfg.scheduler.name)
 
@@ -117,7 +118,8 @@ def run_simulation(cfg: RunConfig, cost: CostModel | None = None, on_finished=No
 
     info = {"cost_model": cost.describe(), "host_s": host_s, "virtual_s": clock.now(),
             "num_batches": len(batches), "kv_blocks": blocks.num_blocks, "kv_block_size": blocks.block_size,
-            "layers_per_stage": counts, "stage_busy_s": pipe.busy_s, "jitter": jitter, "seed": cfg.sim.seed}
+            "layers_per_stage": counts, "stage_busy_s": pipe.busy_s,
+            "jitter": cfg.sim.jitter if cfg.sim.jitter >= 0 else "profile, by step duration", "seed": cfg.sim.seed}
     if time_share:
         info["time_share"] = {"cores": cores, "threads_per_stage": threads, "wall_s_per_iteration": walls}
     if isinstance(cost, RooflineCosts):
