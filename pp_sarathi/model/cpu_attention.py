@@ -93,7 +93,7 @@ def _library():
 
 
 def applies(q: torch.Tensor, k_pool: torch.Tensor) -> bool:
-    """Whether the kernel covers this call (and could be built on this machine)."""
+    """Whether the kernels cover this call (and could be built on this machine)."""
     return (ENABLED and q.device.type == "cpu" and q.dtype == torch.float32
             and k_pool.dtype == torch.float32 and q.shape[-1] % LANES == 0 and k_pool.is_contiguous()
             and _library() is not None)
