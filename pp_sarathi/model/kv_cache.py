@@ -51,10 +51,10 @@ class AttentionMetadata:
     logits_indices: torch.Tensor  # [L] flat rows that go through the LM head
     # Parts of more than one token: (first flat row, num_tokens, start position, blocks that
     # hold keys 0 .. start + num_tokens - 1, mask). On the torch path a chunk that starts its
-    # sequence attends only to its own K/V, which the layer has at hand. mask: None = causal
-    # over the chunk's own keys, else a bool mask (CPU, sliding window) or a lower-right causal
-    # bias over the ``start + num_tokens`` keys.
-    chunks: list[tuple[int, int, int, torch.Tensor, torch.Tensor | None]]
+    # sequence attends only to its own K/V, which the layer has at hand (its blocks are None
+    # off the CPU). mask: None = causal over the chunk's own keys, else a bool mask (CPU,
+    # sliding window) or a lower-right causal bias over the ``start + num_tokens`` keys.
+    chunks: list[tuple[int, int, int, torch.Tensor | None, torch.Tensor | None]]
     # Single-token parts (decodes) attended together: flat rows, blocks, key mask
     decode_rows: torch.Tensor | None
     decode_blocks: torch.Tensor | None  # [D, max_blocks] block ids (padding: block 0, masked)
@@ -108,8 +108,10 @@ def build_attention_metadata(parts: list[PartSpec], block_size: int, device,
             elif begin > 0:
                 # Causal aligned to the end of the keys; SDPA keeps its fused kernels for this.
                 mask = causal_lower_right(part.num_tokens, end)
-            chunks.append((row, part.num_tokens, begin, torch.tensor(table[:used], dtype=torch.long, device=device),
-                           mask))
+            # A first chunk needs its blocks only for the in-place CPU kernel.
+            blocks = torch.tensor(table[:used], dtype=torch.long, device=device) \
+                if begin > 0 or torch.device(device).type == "cpu" else None
+            chunks.append((row, part.num_tokens, begin, blocks, mask))
         if part.needs_logits:
             logits_rows.append(row + part.num_tokens - 1)
         row += part.num_tokens
