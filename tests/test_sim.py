@@ -605,3 +605,24 @@ def test_measure_link_times_the_runtime_transport_between_real_stages():
         # the last stage found the data there or waited for it (or asked while it was being sent)
         assert 1 <= len(ivs["recv"]) + len(ivs["hop"]) <= 9
         assert all(0.0 <= x < 5.0 for v in ivs.values() for x in v)
+
+
+def test_simulated_planner_can_plan_like_a_real_run():
+    """Given a probe's terms, sarathi_uniform's simulated planner plans on them and refits them
+    to the simulated stage-0 compute every 32 micro-batches, as the runtime does; the
+    simulation's own cost model still sets the times."""
+    from pp_sarathi.sim.simulate import run_simulation
+
+    cfg = RunConfig()
+    cfg.command = "simulate"
+    cfg.scheduler.name = "sarathi_uniform"
+    cfg.parallel.pp = 2
+    cfg.workload.num_requests = 32
+    probe = {"weights": 1e-3, "per_token": 5e-5, "per_pair": 1e-8, "per_decode_key": 1e-7, "per_part": 0.0}
+    out = run_simulation(cfg, planner_coef=probe)
+    pred = out.predictor
+    assert pred["source"] == "probe" and pred["observations"] == len(out.batches)
+    assert pred["refits"] == len(out.batches) // 32 > 0
+    assert pred["cost_model"]["probe_coef_s"] == probe
+    plain = run_simulation(cfg)
+    assert plain.predictor["source"] == "roofline" and plain.predictor["refits"] == 0

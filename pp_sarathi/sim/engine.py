@@ -164,7 +164,7 @@ class SimPipeline:
                  dummy_token: int = 0, driver_blocks_on_stage0: bool = True,
                  schedule_overhead_s: float = 0.0, keep_records: bool = True, block_size: int = 16,
                  jitter: float | Callable[[float], float] = 0.0, seed: int = 0, stretch=None,
-                 replay: dict[tuple[int, int], float] | None = None):
+                 replay: dict[tuple[int, int], float] | None = None, observer=None):
         self.cost = cost
         self.layers = list(layers_per_stage)
         self.num_stages = len(self.layers)
@@ -182,6 +182,9 @@ class SimPipeline:
         # (stage, batch id) -> seconds: compute times recorded by a real run, used instead of
         # the cost model's (checks the event engine on its own; transport stays modelled)
         self.replay = replay
+        # Told every micro-batch's stage-0 compute, as the runtime tells its predictor
+        # (``observer(predicted_s, measured_s, prefills, decode_ctx, num_sampled)``).
+        self.observer = observer
 
     def times(self, plan: BatchPlan) -> StageTimes:
         t = self.cost.stage_times(BatchShape.from_plan(plan, self.block_size), self.layers)
@@ -202,6 +205,8 @@ class SimPipeline:
 
     def submit(self, plan: BatchPlan) -> None:
         times = self.times(plan)
+        if self.observer is not None and plan.predicted_stage_s:
+            self.observer(plan.predicted_stage_s[0], times.compute[0], *plan.cost_shape())
         for s, c in enumerate(times.compute):
             self.busy_s[s] += c
         ready = self.clock.now() + self.sched_overhead

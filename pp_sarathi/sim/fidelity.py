@@ -67,11 +67,15 @@ def _simulate(run_dir: Path, profile: str, sim_cfg: SimConfig | None, replay: bo
     cfg.sim.profile = str(profile)
     cfg.sim.compare = False
     cfg.sim.validate_against = None
+    # Plan as the real run planned: on its probed predictor (the probe's own terms, taken at its
+    # start-up), refitted online to the simulated stage 0 as the run refitted it to its own.
+    model = (real.get("predictor") or {}).get("cost_model") or {}
+    planner_coef = (model.get("probe_coef_s") or model.get("coef_s")) if model.get("source") == "probe" else None
     recorded = None
     if replay:
         t = json.loads((run_dir / "timeline.json").read_text())
         recorded = {(r["stage"], r["batch_id"]): r["compute_end"] - r["compute_start"] for r in t["stage_records"]}
-    out = run_simulation(cfg, replay=recorded)
+    out = run_simulation(cfg, replay=recorded, planner_coef=planner_coef)
     return cfg, out, simulation_results(out, {})
 
 

@@ -23,6 +23,7 @@ from ..runtime.stage import num_kv_blocks
 from ..scheduler import BlockManager, make_scheduler
 from ..cost import CostModel, RooflineCosts, kv_capacity_tokens, make_cost_model
 from ..cost.plan import PlanCost
+from ..cost.probed import ProbedCosts
 from .engine import SimPipeline, TimeShare, VirtualClock
 from .workload import PlaceholderTokens, sim_requests
 
@@ -57,12 +58,16 @@ class _Progress:
 
 
 def run_simulation(cfg: RunConfig, cost: CostModel | None = None, on_finished=None,
-                   replay: dict[tuple[int, int], float] | None = None) -> RunOutcome:
+                   replay: dict[tuple[int, int], float] | None = None,
+                   planner_coef: dict[str, float] | None = None) -> RunOutcome:
     """Simulate ``cfg`` (scheduler, workload, ``parallel.pp`` stages) on the cost model
     (``sim.profile`` CSV, else the ``hardware`` roofline). Tokens are a dummy non-EOS id and
     every request runs to its ``max_tokens`` (ignore_eos semantics). ``replay``: the
     (stage, batch id) -> compute seconds of a real run of the same config, used instead of the
     cost model's compute (no jitter, no time sharing: they are in the recorded times).
+    ``planner_coef``: plan as a real run does, on a probed predictor with these terms
+    (``ProbedCosts``) refitted online to the simulated stage-0 compute, instead of on the cost
+    model the simulation runs on.
 
     The returned outcome carries ``sim`` (a SimInfo: info dict: cost model, host seconds, KV check).
     """
@@ -89,15 +94,17 @@ def run_simulation(cfg: RunConfig, cost: CostModel | None = None, on_finished=No
             # scheduler's block tables at one entry (the same schedule, much less bookkeeping).
             blocks = BlockManager(num_kv_blocks(cfg, arch) * cfg.cache.block_size
                                   // arch.max_position_embeddings or 1, arch.max_position_embeddings)
+        planner = PlanCost(ProbedCosts(arch, cost.dtype, planner_coef) if planner_coef else cost, counts)
         sched = make_scheduler(cfg.scheduler, blocks, arch.max_position_embeddings, pp,
-                               arch.eos_token_ids, ignore_eos=True, predictor=PlanCost(cost, counts))
+                               arch.eos_token_ids, ignore_eos=True, predictor=planner)
         sched.add_requests(requests, None if placeholder else arch.vocab_size)
         clock = VirtualClock()
         pipe = SimPipeline(cost, counts, clock, dummy_token(cfg, arch), cfg.sim.driver_blocks_on_stage0,
                            cfg.sim.schedule_overhead_us * 1e-6, block_size=cfg.cache.block_size,
-                           jitter=jitter, seed=cfg.sim.seed, stretch=stretch, replay=replay)
+                           jitter=jitter, seed=cfg.sim.seed, stretch=stretch, replay=replay,
+                           observer=planner.observe if planner_coef else None)
         batches = drive(sched, pipe, clock, callback)
-        return blocks, sched, clock, pipe, batches
+        return blocks, sched, clock, pipe, batches, planner
 
     # More stage threads than the profiled host's cores: stages computing at the same time
     # share them. Their speed depends on how many compute at once, which depends on their
@@ -109,7 +116,7 @@ def run_simulation(cfg: RunConfig, cost: CostModel | None = None, on_finished=No
     stretch = None
     runs = 1 + (cfg.sim.time_share_iterations if time_share else 0)
     for it in range(runs):
-        blocks, sched, clock, pipe, batches = once(stretch, on_finished if it == runs - 1 else None)
+        blocks, sched, clock, pipe, batches, planner = once(stretch, on_finished if it == runs - 1 else None)
         walls.append(clock.now())
         if it < runs - 1:
             stretch = TimeShare(pipe.records, cores, threads).stretch
@@ -139,8 +146,9 @@ def run_simulation(cfg: RunConfig, cost: CostModel | None = None, on_finished=No
                       sim=SimInfo(info, pipe.jitter_factor), stage_cpus=cpus,
                       # hops are priced by the cost model, none is counted
                       transport={"mode": str(cfg.parallel.transport), "hops": []} if pp > 1 else None,
-                      predictor={"source": cost.describe().get("source"), "cost_model": cost.describe(),
-                                 "online_scale": 1.0, "observations": 0, "refits": 0})
+                      predictor={"source": planner.cost.describe().get("source"),
+                                 "cost_model": planner.cost.describe(), "online_scale": planner.scale,
+                                 "observations": planner.observations, "refits": planner.refits})
 
 
 def simulation_results(outcome: RunOutcome, config: dict | None = None) -> dict:
