@@ -47,9 +47,10 @@ PROBE_SHAPES: list[tuple[list[tuple[int, int]], list[int]]] = [
 ANCHOR_WEIGHT = 1.0
 
 
-def probe_shapes(max_len: int) -> list[tuple[list[tuple[int, int]], list[int]]]:
-    """:data:`PROBE_SHAPES` scaled to a model whose context is ``max_len`` tokens."""
-    f = min(1.0, (max_len - 1) / 1024.0)
+def probe_shapes(max_len: int | None) -> list[tuple[list[tuple[int, int]], list[int]]]:
+    """:data:`PROBE_SHAPES` scaled to a model whose context is ``max_len`` tokens (None: as
+    they are)."""
+    f = 1.0 if max_len is None else min(1.0, (max_len - 1) / 1024.0)
 
     def sc(x: int) -> int:
         return max(1, int(x * f))
@@ -141,8 +142,7 @@ class ProbedCosts(CostModel):
         feats = [prior.features(s, layers, last) for s, _ in pairs]
         ys = [y for _, y in pairs]
         ws = relative_weights(ys)
-        max_len = self.arch.max_position_embeddings if self.arch is not None else 1025
-        for prefills, decodes in probe_shapes(max_len):
+        for prefills, decodes in probe_shapes(self.arch.max_position_embeddings if self.arch else None):
             shape = BatchShape.of(prefills, decodes, 0)
             y = level * prior.step(shape, layers, last)
             feats.append(prior.features(shape, layers, last))

@@ -33,6 +33,7 @@ from .preset import cache_root
 log = logging.getLogger("pp_sarathi")
 
 SOURCES = [Path(__file__).with_name("csrc") / name for name in ("paged_decode.c", "paged_chunk.c")]
+HEADERS = [Path(__file__).with_name("csrc") / "paged_kv.h"]  # part of the cache key, not compiled alone
 CFLAGS = ["-O3", "-march=native", "-mprefer-vector-width=512", "-fno-math-errno", "-fopenmp", "-shared", "-fPIC"]
 LANES = 16  # the kernel's dot product works in 16-float strips
 _I64, _PTR = ctypes.c_int64, ctypes.c_void_p
@@ -52,7 +53,7 @@ def _cpu_key() -> str:
 
 
 def _build(compiler: str) -> Path:
-    source = b"".join(path.read_bytes() for path in SOURCES)
+    source = b"".join(path.read_bytes() for path in SOURCES + HEADERS)
     key = hashlib.sha256(source + " ".join([compiler, *CFLAGS]).encode() + _cpu_key().encode())
     target = cache_root() / "kernels" / f"paged_attention-{key.hexdigest()[:16]}.so"
     if target.is_file():
@@ -123,7 +124,6 @@ def paged_decode_attention(q: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.
     lib.paged_decode_values(probs.data_ptr(), v_pool.data_ptr(), tables.data_ptr(), lens.data_ptr(),
                             out.data_ptr(), W, H, Hkv, d, D, block_size, width, threads)
     return out
-
 
 
 def paged_chunk_attention(q: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.Tensor, table: torch.Tensor,

@@ -34,8 +34,8 @@ from __future__ import annotations
 import bisect
 import math
 import random
-from typing import Callable
 from collections import deque
+from typing import Callable
 
 from ..metrics.records import StageRecord
 from ..scheduler import BatchPlan, SampleResult
@@ -176,7 +176,9 @@ class SimPipeline:
         self._inflight: deque[tuple[float, list]] = deque()
         self.busy_s = [0.0] * self.num_stages
         self.block_size = block_size  # of the runtime's cache: sizes the plan metadata on the wire
-        self.jitter = jitter
+        # The spread (sd of ln time) of a step as a function of its modelled seconds.
+        self.jitter_at: Callable[[float], float] | None = (
+            jitter if callable(jitter) else (lambda _s, j=jitter: j) if jitter > 0 else None)
         self._rng = random.Random(seed)
         self.jitter_factor: dict[int, list[float]] = {}  # batch id -> the jitter draw per stage
         # (stage, batch id) -> seconds: compute times recorded by a real run, used instead of
@@ -192,11 +194,10 @@ class SimPipeline:
             rec = self.replay
             return StageTimes([rec.get((s, plan.id), c) for s, c in enumerate(t.compute)], t.transfer, t.ret,
                               t.send, t.recv)
-        if callable(self.jitter) or self.jitter > 0:
+        if self.jitter_at is not None:
             # Every stage's step varies independently from one micro-batch to the next
             # (log-normal around the modelled median time).
-            g = self._rng.gauss
-            sd = self.jitter if callable(self.jitter) else (lambda _c, j=self.jitter: j)
+            g, sd = self._rng.gauss, self.jitter_at
             f = [math.exp(sd(c) * g(0.0, 1.0)) for c in t.compute]
             if self.engine.keep_records:
                 self.jitter_factor[plan.id] = f

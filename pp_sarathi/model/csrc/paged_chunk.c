@@ -21,6 +21,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "paged_kv.h"
+
 #if defined(__AVX512F__)
 #define VL 16 /* floats per vector */
 #define KB 8  /* keys per step */
@@ -55,10 +57,6 @@ static inline vf exp_vf(vf x) {
     p = p * r + splat(1.0f);
     vi e = (__builtin_convertvector(n, vi) + 127) << 23;
     return p * (vf)e;
-}
-
-static inline int64_t slot_of(const int64_t *table, int64_t t, int64_t block_size) {
-    return table[t / block_size] * block_size + t % block_size;
 }
 
 /* One tile: rows [row0, row0 + TL) of KV head g (row = i * group + head in group). */

@@ -16,6 +16,8 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "paged_kv.h"
+
 #define LANES 16
 
 static inline float dot(const float *restrict a, const float *restrict b, int64_t d) {
@@ -25,11 +27,6 @@ static inline float dot(const float *restrict a, const float *restrict b, int64_
     float s = 0.0f;
     for (int l = 0; l < LANES; l++) s += acc[l];
     return s;
-}
-
-/* The pool row holding key t of the sequence whose block table is ``table``. */
-static inline int64_t slot_of(const int64_t *table, int64_t t, int64_t block_size) {
-    return table[t / block_size] * block_size + t % block_size;
 }
 
 void paged_decode_scores(const float *restrict q, const float *restrict k_pool,
