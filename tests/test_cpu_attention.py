@@ -6,12 +6,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pp_sarathi.model import cpu_attention
+from pp_sarathi.model import cpu_attention, cpu_kernels
 from pp_sarathi.model.arch import ModelArch
 from pp_sarathi.model.kv_cache import KVCache, PartSpec, build_attention_metadata
 from pp_sarathi.model.llama import DecoderLayer
 
-needs_kernel = pytest.mark.skipif(cpu_attention._library() is None,
+needs_kernel = pytest.mark.skipif(cpu_kernels.library() is None,
                                   reason="no C compiler here: the kernel cannot be built")
 
 
@@ -123,15 +123,15 @@ def test_kernel_declines_what_it_does_not_cover():
 def test_without_a_working_compiler_attention_takes_the_torch_path(monkeypatch, tmp_path, caplog):
     monkeypatch.setenv("CC", "false")  # a "compiler" that always fails
     monkeypatch.setenv("PP_SARATHI_CACHE", str(tmp_path))  # nothing cached to fall back on
-    cpu_attention._library.cache_clear()
+    cpu_kernels.library.cache_clear()
     try:
         with caplog.at_level("WARNING", logger="pp_sarathi"):
-            assert cpu_attention._library() is None
-        assert "could not build the CPU attention kernels" in caplog.text
+            assert cpu_kernels.library() is None
+        assert "could not build the CPU kernels" in caplog.text
         q, pool = torch.zeros(2, 4, 16), torch.zeros(64, 2, 16)
         assert not cpu_attention.applies(q, pool)
     finally:
-        cpu_attention._library.cache_clear()
+        cpu_kernels.library.cache_clear()
 
 
 def _causal_reference(q, keys, values, start):

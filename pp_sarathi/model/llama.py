@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import cpu_attention
+from . import cpu_attention, cpu_elementwise
 from .arch import ModelArch, rope_tables
 from .cpu_linear import PackedLinear
 from .kv_cache import AttentionMetadata, KVCache
@@ -21,7 +21,12 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
         self.eps = eps
 
+    def _kernel_applies(self, x: torch.Tensor) -> bool:
+        return x.dim() == 2 and self.weight.dtype == torch.float32 and cpu_elementwise.applies(x)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._kernel_applies(x):
+            return cpu_elementwise.rms_norm(x, self.weight, self.eps)
         if x.dtype == torch.float32 and self.weight.dtype == torch.float32:
             # Already float32: the same formula as below, as one fused kernel.
             return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
@@ -29,6 +34,13 @@ class RMSNorm(nn.Module):
         xf = x.float()
         xf = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * xf.to(x.dtype)
+
+    def add_and_norm(self, h: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        """``h += residual`` (in place), then the norm of ``h``: one pass on the CPU kernels."""
+        if self._kernel_applies(h) and h.is_contiguous() and residual.is_contiguous():
+            return cpu_elementwise.add_rms_norm(h, residual, self.weight, self.eps)
+        h += residual
+        return self(h)
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -54,8 +66,13 @@ class DecoderLayer(nn.Module):
         a = self.arch
         qkv = self.qkv_proj(self.input_layernorm(x))
         # Q and K side by side as heads of one tensor: one rotary pass over both.
-        qk = qkv[:, :a.q_size + a.kv_size].view(-1, a.num_heads + a.num_kv_heads, a.head_dim)
-        qk = qk * cos + _rotate_half(qk) * sin
+        heads = a.num_heads + a.num_kv_heads
+        if cpu_elementwise.applies(qkv):
+            cpu_elementwise.rotary_(qkv, heads, a.head_dim, cos[:, 0], sin[:, 0])
+            qk = qkv[:, :a.q_size + a.kv_size].view(-1, heads, a.head_dim)
+        else:
+            qk = qkv[:, :a.q_size + a.kv_size].view(-1, heads, a.head_dim)
+            qk = qk * cos + _rotate_half(qk) * sin
         q, k = qk.split([a.num_heads, a.num_kv_heads], dim=1)
         v = qkv[:, a.q_size + a.kv_size:].view(-1, a.num_kv_heads, a.head_dim)
         k_pool.index_copy_(0, meta.slot_mapping, k)
@@ -64,10 +81,13 @@ class DecoderLayer(nn.Module):
         # Residuals and the gated activation accumulate into the fresh projection outputs
         # (fewer activation-sized allocations per layer; same sums).
         h = self.o_proj(attn.reshape(-1, a.q_size))
-        h += x
-        gate, up = self.gate_up_proj(self.post_attention_layernorm(h)).chunk(2, dim=-1)
-        act = F.silu(gate)
-        act *= up
+        gate_up = self.gate_up_proj(self.post_attention_layernorm.add_and_norm(h, x))
+        if cpu_elementwise.applies(gate_up):
+            act = cpu_elementwise.silu_mul(gate_up)
+        else:
+            gate, up = gate_up.chunk(2, dim=-1)
+            act = F.silu(gate)
+            act *= up
         out = self.down_proj(act)
         out += h
         return out

@@ -22,42 +22,16 @@
 #include <string.h>
 
 #include "paged_kv.h"
+#include "vec_math.h"
 
 #if defined(__AVX512F__)
-#define VL 16 /* floats per vector */
-#define KB 8  /* keys per step */
+#define KB 8 /* keys per step */
 #else
-#define VL 8
 #define KB 4
 #endif
 #define NT 2        /* vectors of lanes per tile: each broadcast feeds NT multiply-adds */
 #define TL (NT * VL) /* lanes (query vectors) per tile */
 #define XB KB       /* value columns per step */
-
-typedef float vf __attribute__((vector_size(VL * 4)));
-typedef int32_t vi __attribute__((vector_size(VL * 4)));
-
-static inline vf splat(float x) { return (vf){0} + x; }
-static inline vf select_vf(vi mask, vf a, vf b) { return (vf)(((vi)a & mask) | ((vi)b & ~mask)); }
-static inline vf max_vf(vf a, vf b) { return select_vf(a > b, a, b); }
-
-/* exp(x) per lane: 2^n * e^r with n = round(x / ln 2), |r| <= ln(2) / 2, degree-6 polynomial
- * (relative error ~2e-7). Inputs below -87 (and -inf) give ~1e-38, which the caller masks. */
-static inline vf exp_vf(vf x) {
-    x = max_vf(x, splat(-87.0f));
-    const vf round_magic = splat(12582912.0f); /* 1.5 * 2^23: adding it rounds to an integer */
-    vf n = (x * splat(1.44269504f) + round_magic) - round_magic;
-    vf r = x - n * splat(0.693145752f) - n * splat(1.42860677e-6f);
-    vf p = splat(1.0f / 720);
-    p = p * r + splat(1.0f / 120);
-    p = p * r + splat(1.0f / 24);
-    p = p * r + splat(1.0f / 6);
-    p = p * r + splat(0.5f);
-    p = p * r + splat(1.0f);
-    p = p * r + splat(1.0f);
-    vi e = (__builtin_convertvector(n, vi) + 127) << 23;
-    return p * (vf)e;
-}
 
 /* One tile: rows [row0, row0 + TL) of KV head g (row = i * group + head in group). */
 static void chunk_tile(const float *restrict q, int64_t q_stride, const float *restrict k_pool,
