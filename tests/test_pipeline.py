@@ -188,11 +188,12 @@ def _stage_pids(proc, stages: int, timeout: float = 60) -> list[int]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("sig, to_group", [(signal.SIGINT, True), (signal.SIGTERM, False)],
-                         ids=["sigint-to-group", "sigterm-to-launcher"])
+@pytest.mark.parametrize("sig, to_group", [(signal.SIGINT, True), (signal.SIGTERM, False), (signal.SIGINT, False)],
+                         ids=["sigint-to-group", "sigterm-to-launcher", "sigint-to-launcher"])
 def test_signal_stops_a_run_and_keeps_what_finished(tmp_path, sig, to_group):
-    """Ctrl-C (SIGINT to the process group) or SIGTERM to the launcher: stages gone within
-    seconds; every request in outputs.jsonl, unfinished ones naming the signal; records kept."""
+    """Ctrl-C (SIGINT to the process group), or SIGTERM or SIGINT to the launcher alone: stages
+    gone within seconds; every request in outputs.jsonl, unfinished ones naming the signal;
+    records kept."""
     psutil = pytest.importorskip("psutil")
     d = tmp_path / "sig"
     n = 200

@@ -173,12 +173,14 @@ def launch(prep: Prepared, finalize: Callable[[RunOutcome], None] | None = None,
                 break
             time.sleep(0.05)
     except KeyboardInterrupt as exc:
-        # Ctrl-C reaches the stages too (same process group); SIGTERM reaches only us: pass it
-        # on, then give them the time a graceful stop needs.
+        # Pass the signal on (a Ctrl-C at a terminal has reached the stages already, as they
+        # share our process group, and they take the second one as the first; a SIGINT or
+        # SIGTERM sent to this process alone has not), then give them the time a graceful stop
+        # needs.
         interrupted = str(exc) or "SIGINT"
         for p in procs:
-            if p.is_alive() and interrupted == "SIGTERM":
-                os.kill(p.pid, signal.SIGTERM)
+            if p.is_alive():
+                os.kill(p.pid, getattr(signal, interrupted))
         end = time.monotonic() + STOP_GRACE_S + 5
         while any(p.is_alive() for p in procs) and time.monotonic() < end:
             time.sleep(0.05)
