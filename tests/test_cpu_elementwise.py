@@ -88,13 +88,21 @@ def test_kernels_refuse_what_they_do_not_cover():
         cpu_elementwise.rotary_(torch.zeros(2, 16), 3, 8, torch.zeros(2, 8), torch.zeros(2, 8))
     with pytest.raises(ValueError):
         cpu_elementwise.add_rms_norm(torch.zeros(2, 8), torch.zeros(8, 2).t(), torch.ones(8), 1e-6)
+    with pytest.raises(ValueError):  # a bfloat16 tensor would be read as half as many rows' bytes
+        cpu_elementwise.rms_norm(torch.zeros(2, 8, dtype=torch.bfloat16), torch.ones(8), 1e-6)
+    with pytest.raises(ValueError):
+        cpu_elementwise.rms_norm(torch.zeros(2, 8), torch.ones(4), 1e-6)
+    # A norm over rows that are not contiguous floats keeps the torch path.
+    norm, cols = RMSNorm(8, 1e-6), torch.randn(8, 2).t()
+    torch.testing.assert_close(norm(cols), F.rms_norm(cols, (8,), norm.weight, 1e-6))
 
 
 @needs_kernel
-def test_layer_with_the_kernels_matches_the_torch_ops(threads):
-    arch = ModelArch(family="llama", vocab_size=64, hidden_size=128, intermediate_size=200, num_layers=1,
-                     num_heads=4, num_kv_heads=2, head_dim=32, max_position_embeddings=256, rms_norm_eps=1e-6,
-                     rope_theta=10000.0)
+@pytest.mark.parametrize("bias", [False, True], ids=["llama", "qkv-bias"])
+def test_layer_with_the_kernels_matches_the_torch_ops(threads, bias, monkeypatch):
+    arch = ModelArch(family="qwen2" if bias else "llama", vocab_size=64, hidden_size=128, intermediate_size=200,
+                     num_layers=1, num_heads=4, num_kv_heads=2, head_dim=32, max_position_embeddings=256,
+                     rms_norm_eps=1e-6, rope_theta=10000.0, qkv_bias=bias)
     torch.manual_seed(0)
     layer = DecoderLayer(arch)
     for p in layer.parameters():
@@ -103,19 +111,21 @@ def test_layer_with_the_kernels_matches_the_torch_ops(threads):
     specs = [PartSpec(0, 24, [0, 1], False), PartSpec(16, 1, [2, 3], True), PartSpec(40, 9, [4, 5, 6, 7], True)]
     meta = build_attention_metadata(specs, 16, "cpu", None)
     x = torch.randn(meta.positions.shape[0], arch.hidden_size)
+    calls = []
+    for name in ("rms_norm", "add_rms_norm", "silu_mul", "rotary_"):
+        def counted(*args, _f=getattr(cpu_elementwise, name), _name=name):
+            calls.append(_name)
+            return _f(*args)
+        monkeypatch.setattr(cpu_elementwise, name, counted)
     outs = []
     for on in (True, False):
         kv = KVCache(1, 8, 16, arch.num_kv_heads, arch.head_dim, torch.float32, "cpu")
         g = torch.Generator().manual_seed(3)  # the same cached tokens before each pass
         kv.k[0].copy_(torch.randn(kv.k[0].shape, generator=g))
         kv.v[0].copy_(torch.randn(kv.v[0].shape, generator=g))
-        cpu_elementwise.ENABLED = on
-        try:
-            with torch.inference_mode():
-                outs.append(layer(x, cos_t[meta.positions][:, None], sin_t[meta.positions][:, None], meta,
-                                  kv.k[0], kv.v[0]))
-        finally:
-            cpu_elementwise.ENABLED = True
+        monkeypatch.setattr(cpu_elementwise, "ENABLED", on)
+        with torch.inference_mode():
+            outs.append(layer(x, cos_t[meta.positions][:, None], sin_t[meta.positions][:, None], meta,
+                              kv.k[0], kv.v[0]))
+    assert sorted(calls) == ["add_rms_norm", "rms_norm", "rotary_", "silu_mul"]  # the first pass only
     torch.testing.assert_close(outs[0], outs[1], rtol=1e-5, atol=1e-5)
-    norm = RMSNorm(arch.hidden_size, 1e-6)
-    torch.testing.assert_close(norm(x), F.rms_norm(x, (arch.hidden_size,), norm.weight, 1e-6))

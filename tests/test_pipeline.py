@@ -199,8 +199,10 @@ def test_signal_stops_a_run_and_keeps_what_finished(tmp_path, sig, to_group):
     n = 200
     args = ["run", "parallel.pp=2", f"workload.num_requests={n}", "model.hidden_size=256",
             "model.intermediate_size=768"] + _args_without({"workload.num_requests"}, TINY)
+    # SIGINT at its default even where this test runs as a background job (which ignores it).
     proc = subprocess.Popen([str(BIN / "pp-sarathi"), *args, f"hydra.run.dir={d}"], cwd=REPO,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     stages = _stage_pids(proc, 2)
     partial = d / "outputs.partial.jsonl"

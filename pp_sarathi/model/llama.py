@@ -22,7 +22,8 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def _kernel_applies(self, x: torch.Tensor) -> bool:
-        return x.dim() == 2 and self.weight.dtype == torch.float32 and cpu_elementwise.applies(x)
+        return (x.dim() == 2 and x.stride(-1) == 1 and self.weight.dtype == torch.float32
+                and cpu_elementwise.applies(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self._kernel_applies(x):

@@ -180,7 +180,7 @@ def launch(prep: Prepared, finalize: Callable[[RunOutcome], None] | None = None,
         interrupted = str(exc) or "SIGINT"
         for p in procs:
             if p.is_alive():
-                os.kill(p.pid, getattr(signal, interrupted))
+                os.kill(p.pid, signal.Signals.__members__.get(interrupted, signal.SIGINT))
         end = time.monotonic() + STOP_GRACE_S + 5
         while any(p.is_alive() for p in procs) and time.monotonic() < end:
             time.sleep(0.05)
