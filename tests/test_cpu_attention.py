@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pp_sarathi.model import cpu_attention, cpu_kernels
+from pp_sarathi.model import cpu_attention, cpu_elementwise, cpu_kernels
 from pp_sarathi.model.arch import ModelArch
 from pp_sarathi.model.kv_cache import KVCache, PartSpec, build_attention_metadata
 from pp_sarathi.model.llama import DecoderLayer
@@ -130,6 +130,7 @@ def test_without_a_working_compiler_attention_takes_the_torch_path(monkeypatch, 
         assert "could not build the CPU kernels" in caplog.text
         q, pool = torch.zeros(2, 4, 16), torch.zeros(64, 2, 16)
         assert not cpu_attention.applies(q, pool)
+        assert not cpu_elementwise.applies(q)  # the row-wise ops keep torch too
     finally:
         cpu_kernels.library.cache_clear()
 

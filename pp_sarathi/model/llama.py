@@ -68,11 +68,10 @@ class DecoderLayer(nn.Module):
         qkv = self.qkv_proj(self.input_layernorm(x))
         # Q and K side by side as heads of one tensor: one rotary pass over both.
         heads = a.num_heads + a.num_kv_heads
+        qk = qkv[:, :a.q_size + a.kv_size].view(-1, heads, a.head_dim)
         if cpu_elementwise.applies(qkv):
-            cpu_elementwise.rotary_(qkv, heads, a.head_dim, cos[:, 0], sin[:, 0])
-            qk = qkv[:, :a.q_size + a.kv_size].view(-1, heads, a.head_dim)
+            cpu_elementwise.rotary_(qkv, heads, a.head_dim, cos[:, 0], sin[:, 0])  # qk sees it in place
         else:
-            qk = qkv[:, :a.q_size + a.kv_size].view(-1, heads, a.head_dim)
             qk = qk * cos + _rotate_half(qk) * sin
         q, k = qk.split([a.num_heads, a.num_kv_heads], dim=1)
         v = qkv[:, a.q_size + a.kv_size:].view(-1, a.num_kv_heads, a.head_dim)

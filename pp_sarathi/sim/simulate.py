@@ -126,7 +126,7 @@ def run_simulation(cfg: RunConfig, cost: CostModel | None = None, on_finished=No
     info = {"cost_model": cost.describe(), "host_s": host_s, "virtual_s": clock.now(),
             "num_batches": len(batches), "kv_blocks": blocks.num_blocks, "kv_block_size": blocks.block_size,
             "layers_per_stage": counts, "stage_busy_s": pipe.busy_s,
-            "jitter": cfg.sim.jitter if cfg.sim.jitter >= 0 else "profile, by step duration", "seed": cfg.sim.seed}
+            "jitter": "profile, by step duration" if callable(jitter) else jitter, "seed": cfg.sim.seed}
     if time_share:
         info["time_share"] = {"cores": cores, "threads_per_stage": threads, "wall_s_per_iteration": walls}
     if isinstance(cost, RooflineCosts):
