@@ -8,7 +8,7 @@ import pytest
 
 from pp_sarathi.config import SchedulerConfig
 from pp_sarathi.cost import CostModel, PlanCost
-from pp_sarathi.scheduler import BlockManager, make_scheduler
+from pp_sarathi.scheduler import BlockManager, SampleResult, make_scheduler
 from pp_sarathi.scheduler.planner import TargetRule, largest_fit
 from test_scheduler import FakePipeline, reference, req
 
@@ -74,12 +74,38 @@ def test_tiles_caps_and_kv():
     s.add_requests([req(i, 37, 3) for i in range(6)])
     plan = s.schedule(0.0)
     assert plan.num_tokens % 16 == 0
-    assert len(plan.parts) <= s.per_batch_cap == 2
+    assert s.per_batch_cap == 2
+    # The cap, plus one part that tops up a prompt whose whole remainder the batch took.
+    assert len(plan.parts) <= s.per_batch_cap + 1
+    if len(plan.parts) > s.per_batch_cap:
+        assert plan.parts[-2].sample and plan.parts[-1].is_prefill
     # KV: 10 blocks of 4 tokens hold 40 tokens; a new request never preempts.
     s = make(target_ms=50.0, num_blocks=10, block_size=4)
     s.add_requests([req(0, 30, 3), req(1, 30, 3)])
     plan = s.schedule(0.0)
     assert sum(s.blocks.blocks_for(x.start + x.num_tokens) for x in plan.parts) <= 10
+
+
+def test_a_remainder_at_the_cap_is_topped_up():
+    """Decodes fill the request cap but for one part, and the oldest prompt has a short
+    remainder left: the next prompt's first chunk still joins, so the micro-batch reaches T
+    instead of ending at the remainder. Only a prompt's finished remainder earns that part."""
+    s = make(target_ms=18.0, batch=6, pp=2, chunk=64)
+    assert s.per_batch_cap == 3
+    s.add_requests([req(0, 4, 8), req(1, 4, 8), req(2, 50, 4), req(3, 60, 4)])
+    p1 = s.schedule(0.0)
+    assert [(x.seq_index, x.num_tokens) for x in p1.parts][:2] == [(0, 4), (1, 4)]
+    assert p1.parts[2].seq_index == 2 and not p1.parts[2].sample
+    s.on_batch_done(p1, [SampleResult(5) if x.sample else None for x in p1.parts], 1.0)
+    p2 = s.schedule(1.0)
+    assert [(x.seq_index, x.is_prefill) for x in p2.parts] == [(0, False), (1, False), (2, True), (3, True)]
+    assert p2.parts[2].sample and p2.parts[2].start + p2.parts[2].num_tokens == 50
+    assert max(p2.predicted_stage_s) == pytest.approx(p2.target_s, rel=0.05)
+    # Without a finished remainder the cap holds: a batch cut inside prompt 3 takes no 4th part.
+    s.on_batch_done(p2, [SampleResult(5) if x.sample else None for x in p2.parts], 2.0)
+    p3 = s.schedule(2.0)
+    assert len(p3.parts) <= s.per_batch_cap + 1
+    assert all(len(p.parts) <= s.per_batch_cap or p.parts[-2].sample for p in (p1, p2, p3))
 
 
 @pytest.mark.parametrize("pp,tile", [(1, 1), (2, 1), (2, 8), (4, 4)])

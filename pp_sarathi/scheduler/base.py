@@ -18,7 +18,8 @@ class Scheduler:
     Several micro-batches may be in flight (pipeline parallelism): a request that is in an
     unfinished batch is not schedulable, and ``max_batch_size`` bounds the admitted requests
     over all of them. Each micro-batch takes at most ``ceil(max_batch_size / max_inflight)``
-    requests so that the pipeline can hold ``max_inflight`` non-empty micro-batches.
+    requests so that the pipeline can hold ``max_inflight`` non-empty micro-batches
+    (``sarathi_uniform`` may add one prompt chunk beyond it, see ``planner.fill_prefills``).
     """
 
     name = "base"
@@ -231,6 +232,7 @@ class BatchBuilder:
         self.parts: list[ScheduledPart] = []
         self._members: set[int] = set()
         self.target_s: float | None = None  # the target stage time a planner aimed at
+        self.extra_room = 0  # parts a planner may add beyond the request cap (see fill_prefills)
 
     @property
     def num_tokens(self) -> int:
@@ -243,7 +245,7 @@ class BatchBuilder:
     @property
     def room(self) -> int:
         """How many more requests this micro-batch may take."""
-        return self.sched.per_batch_cap - len(self._members)
+        return self.sched.per_batch_cap + self.extra_room - len(self._members)
 
     def add(self, seq: Sequence, num_tokens: int | None = None) -> int:
         """Add up to ``num_tokens`` of ``seq``'s uncomputed tokens (all if None); returns how many."""

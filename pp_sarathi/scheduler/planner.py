@@ -152,7 +152,15 @@ def fill_prefills(b, cost, target: float, tile: int) -> None:
     prefills: list[tuple[int, int]] = []
     sampled = len(dec_ctx)
     partial = iter(sched.schedulable_prefills())
-    while b.room > 0:
+    # One part beyond the request cap, only to top up a prompt whose whole remainder the batch
+    # took: once the decodes fill the cap, that short last chunk would otherwise end the batch
+    # far below T. Decodes never use it, so every micro-batch in flight still gets decodes.
+    spare = 1
+    while True:
+        if b.room <= 0:
+            if not (spare and prefills and prefills[-1][0] == last_left):
+                return
+            b.extra_room, spare = b.extra_room + 1, 0
         seq = next(partial, None)
         new = seq is None
         if new:
@@ -165,7 +173,7 @@ def fill_prefills(b, cost, target: float, tile: int) -> None:
         def time_of(n: int) -> float:
             return f(prefills + [(n, cached)], sampled + (n == left))
 
-        n = nearest_fit(time_of, target, left, base, tile, b.room == 1, f(prefills, sampled))
+        n = nearest_fit(time_of, target, left, base, tile, b.room + spare == 1, f(prefills, sampled))
         if n == 0:
             if prefills:
                 return
@@ -177,6 +185,7 @@ def fill_prefills(b, cost, target: float, tile: int) -> None:
                 return  # no room or no KV for a new request: nothing else will fit either
             continue
         prefills.append((added, cached))
+        last_left = left
         sampled += added == left
         if added < left:
             return
