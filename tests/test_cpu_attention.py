@@ -3,6 +3,8 @@ and give what plain attention over each sequence's keys gives; where they do not
 path runs."""
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import torch
 
@@ -73,7 +75,7 @@ def _kernel_and_torch_path(layer, kernel: str, q, meta, kv, *new_kv):
 
 
 @needs_kernel
-@pytest.mark.parametrize("heads,kv_heads,head_dim", [(16, 4, 64), (8, 8, 32), (4, 1, 128)])
+@pytest.mark.parametrize("heads,kv_heads,head_dim", [(16, 4, 64), (8, 8, 32), (4, 1, 128), (9, 3, 64)])
 @pytest.mark.parametrize("threads", [1, 2])
 def test_kernel_matches_plain_attention(heads, kv_heads, head_dim, threads):
     bs = 16
@@ -118,6 +120,12 @@ def test_kernel_declines_what_it_does_not_cover():
     # A sliding window needs more than a length per decode: the metadata leaves the kernel out.
     meta = build_attention_metadata([PartSpec(9, 1, [0], True)], 16, "cpu", sliding_window=4)
     assert meta.decode_lens is None
+
+
+@pytest.mark.skipif(not (shutil.which("cc") or shutil.which("gcc")), reason="no C compiler here")
+def test_the_kernels_build_where_a_compiler_is_found():
+    """A kernel that fails to compile would otherwise only skip the tests above."""
+    assert cpu_kernels.library() is not None
 
 
 def test_without_a_working_compiler_attention_takes_the_torch_path(monkeypatch, tmp_path, caplog):

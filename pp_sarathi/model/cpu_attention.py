@@ -4,8 +4,8 @@ The torch path (model/llama.py) gathers every part's K/V blocks into a contiguou
 runs SDPA over it: twice the memory traffic of the attention itself, SDPA's CPU kernel treats
 each of the grouped query heads separately, and its chunk kernel multiplies through MKL, which
 takes its AVX2 path on AMD CPUs. ``csrc/paged_decode.c`` reads each decode's K and V rows once
-where they lie, for all the query heads that share them (the softmax in between stays in
-torch); ``csrc/paged_chunk.c`` is a flash-attention loop for chunks whose multiplies broadcast
+where they lie, for all the query heads that share them, with the softmax in between;
+``csrc/paged_chunk.c`` is a flash-attention loop for chunks whose multiplies broadcast
 straight from the cache rows. docs/benchmarks.md (issue 16) has the measurements.
 
 The kernels are compiled on first use (``cpu_kernels``). For anything they do not cover
@@ -18,7 +18,7 @@ import torch
 
 from .cpu_kernels import library
 
-LANES = 16  # the kernel's dot product works in 16-float strips
+LANES = 16  # the kernels work in 16-float strips (AVX-512; AVX2 builds use 8, which divides it)
 ENABLED = True  # module-wide switch (``cpu_attention.ENABLED = False``), e.g. for an A/B run
 
 
@@ -37,21 +37,17 @@ def paged_decode_attention(q: torch.Tensor, k_pool: torch.Tensor, v_pool: torch.
     allowed); ``lens [D]`` (int64) keys per query. Call only where :func:`applies` holds.
     Returns ``[D, H, d]``.
     """
-    lib = library()
     q = q.contiguous()
     D, H, d = q.shape
-    Hkv = k_pool.shape[1]
     W = block_tables.shape[1]
-    width = W * block_size
+    width = -(-W * block_size // LANES) * LANES  # keys are scored LANES at a time
     tables, lens = block_tables.contiguous(), lens.contiguous()
-    threads = torch.get_num_threads()
-    scores = torch.empty(D, H, width)
-    out = torch.empty(D, H, d)
-    lib.paged_decode_scores(q.data_ptr(), k_pool.data_ptr(), tables.data_ptr(), lens.data_ptr(),
-                            scores.data_ptr(), W, H, Hkv, d, D, block_size, width, d ** -0.5, threads)
-    probs = torch.softmax(scores, dim=-1)
-    lib.paged_decode_values(probs.data_ptr(), v_pool.data_ptr(), tables.data_ptr(), lens.data_ptr(),
-                            out.data_ptr(), W, H, Hkv, d, D, block_size, width, threads)
+    scratch = q.new_empty(D, H, width)
+    out = q.new_empty(D, H, d)
+    library().paged_decode_attention(
+        q.data_ptr(), k_pool.data_ptr(), v_pool.data_ptr(), tables.data_ptr(), lens.data_ptr(),
+        scratch.data_ptr(), out.data_ptr(), W, H, k_pool.shape[1], d, D, block_size, width, d ** -0.5,
+        torch.get_num_threads())
     return out
 
 

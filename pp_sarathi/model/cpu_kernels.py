@@ -30,8 +30,7 @@ CFLAGS = ["-O3", "-march=native", "-mprefer-vector-width=512", "-fno-math-errno"
 _I64, _PTR, _F32, _INT = ctypes.c_int64, ctypes.c_void_p, ctypes.c_float, ctypes.c_int
 # Argument types of every entry point (all return void).
 SIGNATURES = {
-    "paged_decode_scores": [_PTR] * 5 + [_I64] * 7 + [_F32, _INT],
-    "paged_decode_values": [_PTR] * 5 + [_I64] * 7 + [_INT],
+    "paged_decode_attention": [_PTR] * 7 + [_I64] * 7 + [_F32, _INT],
     "paged_chunk_attention": [_PTR, _I64, _PTR, _PTR, _PTR] + [_I64] * 3 + [_PTR] + [_I64] * 4 + [_F32, _INT],
     "rms_norm_rows": [_PTR, _I64, _PTR, _PTR, _I64, _I64, _F32, _INT],
     "add_rms_norm_rows": [_PTR] * 4 + [_I64, _I64, _F32, _INT],

@@ -27,7 +27,7 @@ from .executor import StageExecutor
 log = logging.getLogger("pp_sarathi")
 
 PROBE_REPEATS = 3
-CACHE_VERSION = 4  # bumped when the engine's speed changes (2: in-place CPU decode attention, 3: chunks, 4: row-wise kernels)
+CACHE_VERSION = 5  # bumped when the engine's speed changes (2: in-place CPU decode attention, 3: chunks, 4: row-wise kernels, 5: one-pass decode kernel)
 
 
 def _parts(prefills, decodes, block_size: int, num_blocks: int) -> list[ScheduledPart]:
