@@ -77,8 +77,8 @@ def _kernel_and_torch_path(layer, kernel: str, q, meta, kv, *new_kv):
 @needs_kernel
 @pytest.mark.parametrize("heads,kv_heads,head_dim", [(16, 4, 64), (8, 8, 32), (4, 1, 128), (9, 3, 64)])
 @pytest.mark.parametrize("threads", [1, 2])
-def test_kernel_matches_plain_attention(heads, kv_heads, head_dim, threads):
-    bs = 16
+@pytest.mark.parametrize("bs", [16, 5])  # 5: the kernel's score rows are wider than the tables
+def test_kernel_matches_plain_attention(heads, kv_heads, head_dim, threads, bs):
     lens = [1, 15, 16, 17, 200, 513, 64]  # block edges, a one-key sequence, ragged widths
     kv, tables, seqs = _filled_pool(lens, bs, kv_heads, head_dim)
     width = max(len(t) for t in tables)

@@ -101,11 +101,49 @@ def test_a_remainder_at_the_cap_is_topped_up():
     assert [(x.seq_index, x.is_prefill) for x in p2.parts] == [(0, False), (1, False), (2, True), (3, True)]
     assert p2.parts[2].sample and p2.parts[2].start + p2.parts[2].num_tokens == 50
     assert max(p2.predicted_stage_s) == pytest.approx(p2.target_s, rel=0.05)
-    # Without a finished remainder the cap holds: a batch cut inside prompt 3 takes no 4th part.
-    s.on_batch_done(p2, [SampleResult(5) if x.sample else None for x in p2.parts], 2.0)
-    p3 = s.schedule(2.0)
-    assert len(p3.parts) <= s.per_batch_cap + 1
-    assert all(len(p.parts) <= s.per_batch_cap or p.parts[-2].sample for p in (p1, p2, p3))
+
+
+def _done(s, plan, now):
+    s.on_batch_done(plan, [SampleResult(5) if x.sample else None for x in plan.parts], now)
+
+
+def test_a_cut_chunk_at_the_cap_takes_no_extra_part():
+    """The oldest prompt's next chunk does not fit T: the micro-batch ends with it, at the cap."""
+    s = make(target_ms=18.0, batch=6, pp=2, chunk=64)
+    s.add_requests([req(0, 4, 8), req(1, 4, 8), req(2, 200, 4), req(3, 60, 4)])
+    _done(s, s.schedule(0.0), 1.0)
+    p2 = s.schedule(1.0)
+    assert [x.seq_index for x in p2.parts] == [0, 1, 2] and not p2.parts[2].sample
+    assert len(p2.parts) == s.per_batch_cap
+
+
+def test_no_spare_part_aligns_the_last_chunk_instead():
+    """At the cap's last slot with nothing to top up with, a tile-aligned chunk is taken rather
+    than an unaligned whole remainder (decodes 2 + chunk 6 = 8, not 2 + 13 = 15)."""
+    s = make(target_ms=9.0, batch=6, pp=2, chunk=64, tile=8)
+    s.add_requests([req(0, 4, 8), req(1, 4, 8), req(2, 21, 4)])
+    _done(s, s.schedule(0.0), 1.0)
+    p2 = s.schedule(1.0)
+    assert [(x.seq_index, x.num_tokens) for x in p2.parts] == [(0, 1), (1, 1), (2, 6)]
+
+
+@pytest.mark.parametrize("pp,batch", [(4, 4), (2, 2), (2, 5), (3, 9)])
+def test_the_extra_part_never_leaves_a_pipeline_slot_without_work(pp, batch):
+    """Where the other micro-batches in flight could hold every admitted request with the extra
+    part, it is not used: a free slot finds a request whenever prompts wait."""
+    s = make(target_ms=18.0, pp=pp, batch=batch, chunk=64)
+    s.add_requests([req(i, 5 + 7 * i % 50, 3) for i in range(16)])
+    schedule, starved = s.schedule, []
+
+    def counting(now):
+        plan = schedule(now)
+        if plan is None and s.waiting:
+            starved.append(now)
+        return plan
+
+    s.schedule = counting
+    FakePipeline(s, pp).run()
+    assert not starved
 
 
 @pytest.mark.parametrize("pp,tile", [(1, 1), (2, 1), (2, 8), (4, 4)])

@@ -151,29 +151,38 @@ def fill_prefills(b, cost, target: float, tile: int) -> None:
     f = cost.with_decodes(dec_ctx)
     prefills: list[tuple[int, int]] = []
     sampled = len(dec_ctx)
-    partial = iter(sched.schedulable_prefills())
-    # One part beyond the request cap, only to top up a prompt whose whole remainder the batch
-    # took: once the decodes fill the cap, that short last chunk would otherwise end the batch
-    # far below T. Decodes never use it, so every micro-batch in flight still gets decodes.
-    spare = 1
+    partial = sched.schedulable_prefills()
+    # One part beyond the request cap, to top up a prompt whose whole remainder the batch took
+    # (the loop below only goes on after one): once the decodes fill the cap, that short last
+    # chunk would otherwise end the batch far below T. Decodes never use it. Only where the
+    # other micro-batches in flight, each one past the cap at most, still leave a request out,
+    # so that a free pipeline slot always finds work as it does without the extra part.
+    cfg = sched.cfg
+    spare = int((sched.max_inflight - 1) * (sched.per_batch_cap + 1) < cfg.max_batch_size)
+    i = 0
     while True:
         if b.room <= 0:
-            if not (spare and prefills and prefills[-1][0] == last_left):
+            if not (spare and prefills):
                 return
             b.extra_room, spare = b.extra_room + 1, 0
-        seq = next(partial, None)
-        new = seq is None
+        new = i >= len(partial)
         if new:
             if not sched.waiting:
                 return
             seq = sched.waiting[0]
+        else:
+            seq, i = partial[i], i + 1
+        # Whether a part may follow this one (room under the cap, or the spare part with a prompt
+        # to top up with); where none can, an aligned chunk beats an unaligned whole remainder.
+        admissible = len(sched.waiting) > new and len(sched.running) + new < cfg.max_batch_size
+        more = b.room > 1 or bool(spare and (i < len(partial) or admissible))
         left, cached = seq.num_uncomputed, seq.num_computed
         base = b.num_tokens
 
         def time_of(n: int) -> float:
             return f(prefills + [(n, cached)], sampled + (n == left))
 
-        n = nearest_fit(time_of, target, left, base, tile, b.room + spare == 1, f(prefills, sampled))
+        n = nearest_fit(time_of, target, left, base, tile, not more, f(prefills, sampled))
         if n == 0:
             if prefills:
                 return
@@ -185,7 +194,6 @@ def fill_prefills(b, cost, target: float, tile: int) -> None:
                 return  # no room or no KV for a new request: nothing else will fit either
             continue
         prefills.append((added, cached))
-        last_left = left
         sampled += added == left
         if added < left:
             return

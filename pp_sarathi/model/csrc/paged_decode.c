@@ -156,7 +156,7 @@ decode_seq_impl(const float *restrict q, const float *restrict k_pool, const flo
 static void decode_seq(const float *q, const float *k_pool, const float *v_pool, const int64_t *table,
                        int64_t len, float *sc, float *out, int64_t H, int64_t Hkv, int64_t d,
                        int64_t block_size, int64_t width, float scale) {
-    switch (d / VL) { /* the head sizes of common models, unrolled; any other multiple of VL */
+    switch (d / VL) { /* 4, 8, 16 strips unrolled: heads of 64/128/256 (AVX-512), 32/64/128 (AVX2) */
     case 4: decode_seq_impl(q, k_pool, v_pool, table, len, sc, out, H, Hkv, block_size, width, scale, 4); break;
     case 8: decode_seq_impl(q, k_pool, v_pool, table, len, sc, out, H, Hkv, block_size, width, scale, 8); break;
     case 16: decode_seq_impl(q, k_pool, v_pool, table, len, sc, out, H, Hkv, block_size, width, scale, 16); break;
