@@ -86,6 +86,10 @@ def test_tiles_caps_and_kv():
     assert sum(s.blocks.blocks_for(x.start + x.num_tokens) for x in plan.parts) <= 10
 
 
+def _done(s, plan, now):
+    s.on_batch_done(plan, [SampleResult(5) if x.sample else None for x in plan.parts], now)
+
+
 def test_a_remainder_at_the_cap_is_topped_up():
     """Decodes fill the request cap but for one part, and the oldest prompt has a short
     remainder left: the next prompt's first chunk still joins, so the micro-batch reaches T
@@ -96,15 +100,11 @@ def test_a_remainder_at_the_cap_is_topped_up():
     p1 = s.schedule(0.0)
     assert [(x.seq_index, x.num_tokens) for x in p1.parts][:2] == [(0, 4), (1, 4)]
     assert p1.parts[2].seq_index == 2 and not p1.parts[2].sample
-    s.on_batch_done(p1, [SampleResult(5) if x.sample else None for x in p1.parts], 1.0)
+    _done(s, p1, 1.0)
     p2 = s.schedule(1.0)
     assert [(x.seq_index, x.is_prefill) for x in p2.parts] == [(0, False), (1, False), (2, True), (3, True)]
     assert p2.parts[2].sample and p2.parts[2].start + p2.parts[2].num_tokens == 50
     assert max(p2.predicted_stage_s) == pytest.approx(p2.target_s, rel=0.05)
-
-
-def _done(s, plan, now):
-    s.on_batch_done(plan, [SampleResult(5) if x.sample else None for x in plan.parts], now)
 
 
 def test_a_cut_chunk_at_the_cap_takes_no_extra_part():

@@ -22,6 +22,7 @@ import torch.distributed as dist
 from ..config import RunConfig
 from ..cost.messages import PART_FIELDS, PLAN_HEADER_INTS, blocks_for, ring_slot_layout
 from ..model.arch import ModelArch
+from ..scheduler import POLICIES
 from .shm_ring import ShmRing, shm_available
 from .transport import StageLink
 
@@ -46,10 +47,11 @@ BUDGET_MARGIN = 2
 def slot_bytes(cfg: RunConfig, arch: ModelArch, elem_bytes: int) -> int:
     """A slot holds the largest hop of a token-budgeted micro-batch, with a margin:
     ``BUDGET_MARGIN * max(chunk_size, requests per micro-batch)`` tokens of hidden states and
-    the plan metadata of the most requests a micro-batch takes (the cap, plus the one part
-    sarathi_uniform may add past it), each with a full-context block table. Whole-prompt
-    batches beyond that (orca, ft, a vllm prompt longer than the budget) take the gloo path."""
-    per_batch = math.ceil(cfg.scheduler.max_batch_size / max(1, cfg.parallel.pp)) + 1
+    the plan metadata of the most requests a micro-batch takes (the cap, plus the parts the
+    policy may add past it), each with a full-context block table. Whole-prompt batches beyond
+    that (orca, ft, a vllm prompt longer than the budget) take the gloo path."""
+    per_batch = (math.ceil(cfg.scheduler.max_batch_size / max(1, cfg.parallel.pp))
+                 + POLICIES[cfg.scheduler.name].parts_past_cap)
     tokens = BUDGET_MARGIN * max(cfg.scheduler.chunk_size, per_batch)
     meta = PLAN_HEADER_INTS + per_batch * (PART_FIELDS + blocks_for(arch.max_position_embeddings,
                                                                     cfg.cache.block_size))

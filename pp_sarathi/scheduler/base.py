@@ -18,11 +18,13 @@ class Scheduler:
     Several micro-batches may be in flight (pipeline parallelism): a request that is in an
     unfinished batch is not schedulable, and ``max_batch_size`` bounds the admitted requests
     over all of them. Each micro-batch takes at most ``ceil(max_batch_size / max_inflight)``
-    requests so that the pipeline can hold ``max_inflight`` non-empty micro-batches
-    (``sarathi_uniform`` may add one prompt chunk beyond it, see ``planner.fill_prefills``).
+    requests so that the pipeline can hold ``max_inflight`` non-empty micro-batches, plus up to
+    ``parts_past_cap`` prompt chunks a policy may add beyond it (``planner.fill_prefills``).
     """
 
     name = "base"
+    #: Prompt chunks a micro-batch may take beyond the request cap (sarathi_uniform's top-up).
+    parts_past_cap = 0
     #: Reserve KV for the whole request (prompt + max_tokens) on admission instead of on demand.
     reserve_full_request = False
     #: Set when a tokenizer is known (model.text_output.TextOutput): stop strings end requests

@@ -121,6 +121,7 @@ class SarathiUniformScheduler(Scheduler):
     ``target_ms``), tile-aligned. Needs a stage-time predictor."""
 
     name = "sarathi_uniform"
+    parts_past_cap = 1
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
