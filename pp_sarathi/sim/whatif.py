@@ -1,0 +1,115 @@
+"""What holds a real run's stage bubble: its micro-batches replayed through the event engine,
+with their recorded compute times and with parts of those times' variation taken out.
+
+The replay keeps the run's own micro-batches, in their order, and the driver's rule (micro-batch
+``k + depth`` is handed to stage 0 once micro-batch ``k``'s tokens are back); the hop between
+stages and the way back to the driver take their median in the run (measured where the
+receiving side was waiting). Only the per-stage compute changes. With ``p[s]`` the planner's
+predicted time of a micro-batch on stage ``s`` and ``c[s]`` the recorded one:
+
+* ``recorded``: ``c[s]``: the replay itself (compare with the run's own figures);
+* ``balanced``: ``c[s] * mean(p) / p[s]``: the stages' planned difference (LM head, embedding,
+  unequal layers) gone, each stage's own deviation from its plan kept: what a partition
+  balanced for every micro-batch (a split LM head, a layer cut in two) would leave;
+* ``planned``: ``p[s] * k[s]``, ``k[s]`` the stage's recorded ÷ predicted total: the host's
+  step-to-step variation gone, the plan's variation and the stages' difference kept;
+* ``planned_balanced``: ``mean(p) * k``: neither; what is left is the schedule's shape (pipeline
+  fill, micro-batches of different sizes in a row) and the transport.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from statistics import median
+
+from ..cost import StageTimes
+from ..metrics.bubbles import account
+from ..metrics.records import StageRecord
+from .engine import PipelineEngine
+
+VARIANTS = ("recorded", "balanced", "planned", "planned_balanced")
+
+
+def _compute(records: list[dict]) -> dict[tuple[int, int], float]:
+    return {(r["stage"], r["batch_id"]): r["compute_end"] - r["compute_start"] for r in records}
+
+
+def variant_times(timeline: dict) -> dict[str, dict[tuple[int, int], float]]:
+    """(stage, batch id) -> compute seconds of every variant, from a run's timeline.json."""
+    recorded = _compute(timeline["stage_records"])
+    planned = {b["batch_id"]: b["predicted_stage_s"] for b in timeline["batches"]
+               if b.get("predicted_stage_s") and min(b["predicted_stage_s"]) > 0}
+    k = []  # per stage, recorded ÷ predicted over the run: the host's speed against the plan
+    for s in range(timeline["num_stages"]):
+        pred = sum(p[s] for b, p in planned.items() if (s, b) in recorded)
+        k.append(sum(recorded[(s, b)] for b in planned if (s, b) in recorded) / pred if pred > 0 else 1.0)
+    k_all = sum(k) / len(k)
+    out: dict[str, dict[tuple[int, int], float]] = {name: {} for name in VARIANTS}
+    for (s, b), c in recorded.items():
+        p = planned.get(b)
+        mean = sum(p) / len(p) if p else 0.0
+        out["recorded"][(s, b)] = c
+        # Nothing planned (a policy without a predictor): the measured time stands.
+        out["balanced"][(s, b)] = c * mean / p[s] if p else c
+        out["planned"][(s, b)] = p[s] * k[s] if p else c
+        out["planned_balanced"][(s, b)] = mean * k_all if p else c
+    return out
+
+
+def transport_medians(timeline: dict) -> tuple[list[float], float]:
+    """Median hop ``s -> s+1`` (upstream compute end to downstream compute start, where the
+    downstream stage was waiting) and median return (last stage's compute end to stage 0's
+    start of the micro-batch ``depth`` later, where stage 0 was waiting)."""
+    n = timeline["num_stages"]
+    rec = {(r["stage"], r["batch_id"]): r for r in timeline["stage_records"]}
+    ids = [b["batch_id"] for b in timeline["batches"]]
+    hops = []
+    for s in range(n - 1):
+        waited = [rec[(s + 1, b)]["compute_start"] - rec[(s, b)]["compute_end"] for b in ids
+                  if (s, b) in rec and (s + 1, b) in rec
+                  and rec[(s + 1, b)]["recv_end"] > rec[(s + 1, b)]["recv_start"]
+                  and rec[(s + 1, b)]["recv_start"] < rec[(s, b)]["compute_end"]]
+        hops.append(median(waited) if waited else 0.0)
+    back = [rec[(0, b2)]["compute_start"] - rec[(n - 1, b)]["compute_end"] for b, b2 in zip(ids, ids[n:])
+            if (n - 1, b) in rec and (0, b2) in rec
+            and rec[(0, b2)]["compute_start"] > rec[(n - 1, b)]["compute_end"]
+            and rec[(0, b2)]["recv_start"] < rec[(n - 1, b)]["compute_end"]]
+    return hops, (median(back) if back else 0.0)
+
+
+def replay(timeline: dict, compute: dict[tuple[int, int], float]) -> dict:
+    """Stage bubbles and wall time of the run's micro-batches with these compute times."""
+    n = timeline["num_stages"]
+    hops, back = transport_medians(timeline)
+    engine = PipelineEngine(n)
+    batches = sorted(timeline["batches"], key=lambda b: b["scheduled_at"])
+    done: list[float] = []
+    spans = []
+    for i, b in enumerate(batches):
+        ready = done[i - n] if i >= n else batches[i]["scheduled_at"]
+        times = StageTimes([compute[(s, b["batch_id"])] for s in range(n)], hops, back)
+        _, end = engine.push(b["batch_id"], ready, times)
+        done.append(end)
+        spans.append((ready, end))
+    report = account(engine.records, spans, {b["batch_id"]: r for b, (r, _) in zip(batches, spans)})
+    return {"wall_s": max(done) - batches[0]["scheduled_at"],
+            "stage_bubble_s": [report.stage_bubble_s.get(s, 0.0) for s in range(n)],
+            "stage_bubble": [report.stage_bubble_s.get(s, 0.0) / report.stage_span_s[s]
+                             if report.stage_span_s.get(s) else 0.0 for s in range(n)]}
+
+
+def stage_bubble_whatif(run_dir: str | Path) -> dict:
+    """The real run's stage bubbles and every variant's replay (``run_dir``: results.json and
+    timeline.json of a pipeline run)."""
+    run_dir = Path(run_dir)
+    real = json.loads((run_dir / "results.json").read_text())
+    timeline = json.loads((run_dir / "timeline.json").read_text())
+    if timeline["num_stages"] < 2:
+        raise ValueError(f"{run_dir} ran one stage: no pipeline bubble to replay")
+    hops, back = transport_medians(timeline)
+    return {"run": str(run_dir), "scheduler": real["config"]["scheduler"]["name"],
+            "hop_s": hops, "return_s": back,
+            "real": {"wall_s": real["wall_s"],
+                     "stage_bubble_s": [s["bubble_s"] for s in real["stages"]],
+                     "stage_bubble": [s["bubble_fraction"] for s in real["stages"]]},
+            "variants": {name: replay(timeline, times) for name, times in variant_times(timeline).items()}}

@@ -1,0 +1,70 @@
+"""The stage-bubble what-if replays a run's own micro-batches (pp_sarathi/sim/whatif.py)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pp_sarathi.sim.whatif import replay, stage_bubble_whatif, variant_times
+
+
+def _timeline(c0: float, c1: float, n: int, predicted=None) -> dict:
+    """A 2-stage run without transport cost, two micro-batches in flight, stage 1 slower:
+    micro-batch k + 2 starts on stage 0 when stage 1 finishes k."""
+    free0 = free1 = 0.0
+    done, recs, batches = [], [], []
+    for k in range(n):
+        ready = done[k - 2] if k >= 2 else 0.0
+        s0 = max(free0, ready)
+        free0 = s0 + c0
+        s1 = max(free1, free0)
+        recs.append(dict(stage=0, batch_id=k, recv_start=s0, recv_end=s0, compute_start=s0, compute_end=free0,
+                         send_start=free0, send_end=free0))
+        recs.append(dict(stage=1, batch_id=k, recv_start=free1, recv_end=s1, compute_start=s1, compute_end=s1 + c1,
+                         send_start=s1 + c1, send_end=s1 + c1))
+        free1 = s1 + c1
+        done.append(free1)
+        batches.append(dict(batch_id=k, scheduled_at=ready, done_at=free1,
+                            predicted_stage_s=list(predicted or (c0, c1))))
+    return {"num_stages": 2, "batches": batches, "stage_records": recs}
+
+
+def test_recorded_replay_reproduces_the_waits_and_balancing_removes_them():
+    t = _timeline(0.010, 0.012, 6)
+    times = variant_times(t)
+    rec = replay(t, times["recorded"])
+    # Stage 0 waits 2 ms for every micro-batch from the third on (stage 1 is 2 ms slower).
+    assert rec["stage_bubble_s"][0] == pytest.approx(4 * 0.002)
+    assert rec["stage_bubble_s"][1] == pytest.approx(0.0, abs=1e-12)
+    assert rec["wall_s"] == pytest.approx(0.082)
+    # Balanced: 11 ms on each stage, nothing waits and the run ends sooner.
+    bal = replay(t, times["balanced"])
+    assert bal["stage_bubble_s"] == pytest.approx([0.0, 0.0], abs=1e-12)
+    assert bal["wall_s"] == pytest.approx(0.077)
+    # Times that equal their plan change nothing when the noise is taken out.
+    assert replay(t, times["planned"])["stage_bubble_s"] == pytest.approx(rec["stage_bubble_s"])
+
+
+def test_planned_variant_keeps_each_stage_speed_but_not_its_noise():
+    # Planned equal, recorded 10 % slower on stage 1: the planned variant scales the plan by
+    # each stage's own recorded / predicted ratio.
+    t = _timeline(0.010, 0.011, 4, predicted=(0.010, 0.010))
+    times = variant_times(t)
+    assert times["planned"][(0, 1)] == pytest.approx(0.010)
+    assert times["planned"][(1, 1)] == pytest.approx(0.011)
+    assert times["balanced"][(1, 1)] == pytest.approx(0.011)  # nothing planned to balance
+
+
+def test_whatif_reads_a_run_dir_and_refuses_one_stage(tmp_path):
+    t = _timeline(0.010, 0.012, 6)
+    (tmp_path / "timeline.json").write_text(json.dumps(t))
+    real = {"config": {"scheduler": {"name": "sarathi_uniform"}}, "wall_s": 0.082,
+            "stages": [{"bubble_s": 0.008, "bubble_fraction": 0.008 / 0.068}, {"bubble_s": 0.0, "bubble_fraction": 0.0}]}
+    (tmp_path / "results.json").write_text(json.dumps(real))
+    rep = stage_bubble_whatif(tmp_path)
+    assert rep["variants"]["recorded"]["stage_bubble"][0] == pytest.approx(0.008 / 0.068)
+    assert rep["hop_s"] == [pytest.approx(0.0)]
+    t["num_stages"] = 1
+    (tmp_path / "timeline.json").write_text(json.dumps(t))
+    with pytest.raises(ValueError, match="one stage"):
+        stage_bubble_whatif(tmp_path)
