@@ -95,12 +95,9 @@ class FakePipeline:
         s = self.s
         ids = [p.seq_index for p in plan.parts]
         assert len(ids) == len(set(ids)), "a request twice in one micro-batch"
-        if len(ids) > s.per_batch_cap:  # a policy's prefill parts beyond the cap
+        if len(ids) > s.per_batch_cap:  # a policy's top-up part beyond the cap
             assert len(ids) <= s.per_batch_cap + s.parts_past_cap, ids
-            assert sum(not p.is_prefill for p in plan.parts) <= s.per_batch_cap, "a decode past the cap"
-            assert plan.parts[-1].is_prefill
-            # after a prompt's finished remainder or after the decodes, never after a cut chunk
-            assert not plan.parts[-2].is_prefill or plan.parts[-2].sample
+            assert plan.parts[-2].is_prefill and plan.parts[-2].sample and plan.parts[-1].is_prefill
         busy = {p.seq_index for q, _ in self.inflight for p in q.parts}
         assert not busy & set(ids), "a request in two in-flight micro-batches"
         for p in plan.parts:

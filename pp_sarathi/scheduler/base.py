@@ -23,8 +23,7 @@ class Scheduler:
     """
 
     name = "base"
-    #: Prompt chunks a micro-batch may take beyond the request cap (sarathi_uniform: one, where
-    #: the cap rather than the target time would end the micro-batch).
+    #: Prompt chunks a micro-batch may take beyond the request cap (sarathi_uniform's top-up).
     parts_past_cap = 0
     #: Reserve KV for the whole request (prompt + max_tokens) on admission instead of on demand.
     reserve_full_request = False

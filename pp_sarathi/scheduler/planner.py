@@ -152,19 +152,18 @@ def fill_prefills(b, cost, target: float, tile: int) -> None:
     prefills: list[tuple[int, int]] = []
     sampled = len(dec_ctx)
     partial = sched.schedulable_prefills()
-    # The scheduler's parts past the request cap, for prefill only (decodes never use them):
-    # where the cap, not T, would end the batch, i.e. its decodes fill the cap (a decode-only
-    # micro-batch, a quarter of T, in the middle of the prefill phase) or they leave room for a
-    # prompt's short remainder and no more. Only where the other micro-batches in flight, each
-    # past the cap as far, still leave a request out, so that a free pipeline slot always finds
-    # work as it does without them.
+    # The scheduler's parts past the request cap, to top up a prompt whose whole remainder the
+    # batch took (the loop below only goes on after one): once the decodes fill the cap, that
+    # short last chunk would otherwise end the batch far below T. Decodes never use them. Only
+    # where the other micro-batches in flight, each past the cap as far, still leave a request
+    # out, so that a free pipeline slot always finds work as it does without them.
     cfg = sched.cfg
     most = sched.per_batch_cap + sched.parts_past_cap
     spare = sched.parts_past_cap if (sched.max_inflight - 1) * most < cfg.max_batch_size else 0
     i = 0
     while True:
         if b.room <= 0:
-            if not spare:
+            if not (spare and prefills):
                 return
             b.extra_room, spare = b.extra_room + 1, spare - 1
         new = i >= len(partial)
