@@ -5,7 +5,10 @@ Each round is one `pp-sarathi compare` (every scheduler of compare.schedulers in
 processes each), so the schedulers alternate and a load drift hits them alike. Per scheduler:
 wall time, throughput, stage bubble per stage with its causes (driver / imbalance / transport),
 the driver's busy time, per-request bubble p50/p99 and the stage-compute spread of its
-micro-batches; ratios against the baseline taken per round, then the median.
+micro-batches; ratios against the baseline taken per round, then the median. What holds the
+stage bubble: each run replayed with its own compute times, with the stages' planned
+difference and/or the host's step-to-step variation taken out (``sX_bubble_<variant>``,
+``pp_sarathi/sim/whatif.py``; ``scripts/bubble_whatif.py`` prints them per run).
 
     .venv/bin/python scripts/bench_main_job.py                 # 3 rounds of the README job
     .venv/bin/python scripts/bench_main_job.py --rounds 1 -- workload.num_requests=16
@@ -22,6 +25,7 @@ import time
 from pathlib import Path
 
 from pp_sarathi.bench.runs import machine_note, md_table, parse_script_args, run_cli
+from pp_sarathi.sim.whatif import VARIANTS, stage_bubble_whatif
 
 
 def figures(res: dict) -> dict:
@@ -43,6 +47,15 @@ def figures(res: dict) -> dict:
     return out
 
 
+def whatif_figures(run_dir: Path) -> dict:
+    """Stage bubble of the run's replays (none for a one-stage run or without a timeline)."""
+    if len(json.loads((run_dir / "results.json").read_text())["stages"]) < 2 \
+            or not (run_dir / "timeline.json").exists():
+        return {}
+    rep = stage_bubble_whatif(run_dir)
+    return {f"s{i}_bubble_{v}": b for v in VARIANTS for i, b in enumerate(rep["variants"][v]["stage_bubble"])}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=3)
@@ -54,7 +67,8 @@ def main(argv=None) -> int:
     for r in range(args.rounds):
         run_cli("compare", extra, out / f"r{r}", results=False)
         cmp = json.loads((out / f"r{r}" / "compare.json").read_text())
-        rounds.append({name: figures(res) for name, res in cmp["schedulers"].items()})
+        rounds.append({name: figures(res) | whatif_figures(out / f"r{r}" / name)
+                       for name, res in cmp["schedulers"].items()})
         print(f"[main_job] round {r + 1}/{args.rounds} done", file=sys.stderr, flush=True)
     notes.append(f"end: {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime())} · {machine_note()}")
     names = list(rounds[0])
