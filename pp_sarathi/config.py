@@ -306,19 +306,10 @@ class ParallelConfig(_Group):
     bind_cores: BindCores = BindCores.auto
     # glibc hosts: freed memory stays in the stage process instead of going back to the OS, so the next step's tensors reuse warm pages (no page faults; see docs/benchmarks.md)
     keep_freed_memory: bool = True
-    # micro-batches in flight at once; 0 = pp (one per stage, the paper's pipeline). More lets the first stage run ahead of a slower one (a stage's step-to-step jitter then costs the others less idle time), while each request's next token comes back only every `inflight` micro-batches and a micro-batch takes at most ceil(max_batch_size / inflight) requests; pp=1 runs one at a time
-    inflight: int = 0
-
-    @property
-    def depth(self) -> int:
-        """Micro-batches in flight at once: ``inflight``, or ``pp`` when it is 0."""
-        return self.inflight or self.pp
 
     def rules(self) -> None:
         self._require(self.pp >= 1, "pp", ">= 1")
         self._require(self.threads_per_stage >= 0, "threads_per_stage", ">= 0")
-        self._require(self.inflight >= 0 and (self.pp > 1 or self.inflight <= 1), "inflight",
-                      ">= 0 (0 = pp), and 0 or 1 with pp=1")
         self._require(self.bind_cores != BindCores.on or hasattr(os, "sched_setaffinity"), "bind_cores",
                       "auto or off where the OS cannot set CPU affinity")
         self._require(not (self.transport == Transport.shm and self.backend == Backend.nccl), "transport",

@@ -44,11 +44,10 @@ class TokensAreSeconds(CostModel):
 class ScriptedScheduler:
     """Hands out one single-part plan per entry of ``sizes`` (tokens = seconds per stage)."""
 
-    def __init__(self, sizes: list[int], max_inflight: int = 2):
+    def __init__(self, sizes: list[int]):
         self.sizes = list(sizes)
         self.next = 0
         self.done = 0
-        self.max_inflight = max_inflight  # micro-batches the driver keeps in flight
 
     @property
     def has_unfinished(self) -> bool:
@@ -78,7 +77,7 @@ class ScriptedScheduler:
 def run_scripted(sizes: list[int], stages: int, hop: float = 0.0):
     clock = VirtualClock()
     pipe = SimPipeline(TokensAreSeconds(hop), [1] * stages, clock)
-    batches = drive(ScriptedScheduler(sizes, stages), pipe, clock)
+    batches = drive(ScriptedScheduler(sizes), pipe, clock)
     report = account(pipe.records, [(b.scheduled_at, b.done_at) for b in batches],
                      {b.batch_id: b.scheduled_at for b in batches})
     return pipe.records, batches, report, clock.now()

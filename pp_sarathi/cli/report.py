@@ -8,8 +8,8 @@ killed). Writes ``SWEEP_DIR/sweep.csv`` and, when ``scheduler.chunk_size`` and/o
 ``workload.pd_ratio`` take several values, ``heatmap_*.png`` (both swept) or ``line_*.png`` (one
 swept), marking the paper's optimum P:D = chunk / (B - 1), from which on every decode
 piggybacks on a prefill chunk (DESIGN.md §5). B is the number of requests one micro-batch holds:
-``scheduler.max_batch_size`` counts requests over all micro-batches in flight (``parallel.inflight``,
-default ``pp``), so B = ceil(max_batch_size / pp) (= max_batch_size at pp=1) unless that is set.
+``scheduler.max_batch_size`` counts requests over all ``parallel.pp`` micro-batches in flight, so
+B = ceil(max_batch_size / pp) (= max_batch_size at pp=1).
 
 A compare sweep has a ``ratio_*`` column per ratio of the headline target (compare.json's
 ``ratios``) and ``<name>.ratio_*`` for every further target, each against the baseline.
@@ -25,9 +25,9 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
-from .report_plots import BATCH, CHUNK, INFLIGHT, PD, PP, _num, _optimum_pd, requests_per_micro_batch, write_plots
+from .report_plots import BATCH, CHUNK, PD, PP, _num, _optimum_pd, requests_per_micro_batch, write_plots
 
-AXES = (CHUNK, PD, BATCH, PP, INFLIGHT)
+AXES = (CHUNK, PD, BATCH, PP)
 # results.json path of each CSV metric column (the per-stage bubbles go after bubble_total_s).
 METRICS = {"wall_s": ("wall_s",), "throughput_tokens_per_s": ("throughput", "tokens_per_s"),
            "decode_tokens_per_s": ("throughput", "decode_tokens_per_s"), "bubble_total_s": ("bubble", "total_s"),

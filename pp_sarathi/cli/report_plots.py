@@ -16,10 +16,9 @@ CHUNK = "scheduler.chunk_size"
 PD = "workload.pd_ratio"
 BATCH = "scheduler.max_batch_size"
 PP = "parallel.pp"
-INFLIGHT = "parallel.inflight"
 # Swept seeds are repeats: plots average over them instead of splitting panels/lines.
 REPEAT_KEYS = ("workload.seed", "sampling.seed", "model.seed")
-OPT_LABEL = "paper optimum P:D = chunk/(B−1), B = ⌈max_batch_size/pp⌉ (or /inflight)"
+OPT_LABEL = "paper optimum P:D = chunk/(B−1), B = ⌈max_batch_size/pp⌉"
 AXIS_LABEL = {CHUNK: "chunk size (tokens)", PD: "P:D ratio"}
 
 
@@ -32,13 +31,11 @@ def _num(v) -> float | None:
 
 
 def requests_per_micro_batch(axes: dict) -> int | None:
-    """B of the paper's rule: scheduler.max_batch_size counts requests over all micro-batches in
-    flight (``parallel.inflight``, 0 = ``pp``), and each micro-batch takes at most
-    ceil(max_batch_size / in flight) of them (scheduler/base.py), so that is the batch one
-    prefill chunk shares with B - 1 decodes."""
-    batch = _num(axes.get(BATCH))
-    depth = _num(axes.get(INFLIGHT)) or _num(axes.get(PP)) or 1
-    return None if batch is None else math.ceil(batch / max(depth, 1))
+    """B of the paper's rule: scheduler.max_batch_size counts requests over all ``pp`` micro-batches
+    in flight, and each micro-batch takes at most ceil(max_batch_size / pp) of them
+    (scheduler/base.py), so that is the batch one prefill chunk shares with B - 1 decodes."""
+    batch, pp = _num(axes.get(BATCH)), _num(axes.get(PP)) or 1
+    return None if batch is None else math.ceil(batch / max(pp, 1))
 
 
 def _optimum_pd(chunk, batch) -> float | None:

@@ -1,8 +1,7 @@
 """The driver: rank 0's scheduler side of a run.
 
 It schedules micro-batches, hands them to stage 0, applies the sampled tokens that come back
-and writes finished requests, with up to ``parallel.inflight`` (default ``pp``) micro-batches in
-flight. In a pipeline, stage 0
+and writes finished requests, with up to ``pp`` micro-batches in flight. In a pipeline, stage 0
 runs on its own thread (:class:`FirstStage`) fed through a queue, so the driver's work overlaps
 stage-0 compute and stage 0 has a receive-wait like every other stage. Every stretch of driver
 work is recorded on its own track (:class:`DriverSpan`), never as stage time.
@@ -53,15 +52,14 @@ class DriverLog:
 def drive(scheduler: Scheduler, pipeline: Pipeline, clock: StageClock,
           on_finished: Callable[[list[Sequence]], None] | None = None,
           log: DriverLog | None = None, stop: StopRequest | None = None) -> list[BatchRecord]:
-    """Run until every request has finished, with up to ``scheduler.max_inflight`` micro-batches
-    in flight; returns the micro-batches in completion order."""
+    """Run until every request has finished; returns the micro-batches in completion order."""
     log = log if log is not None else DriverLog()
     spans, batches = log.spans, log.batches
     inflight: deque[BatchPlan] = deque()
     unwritten: list[Sequence] = []
     while scheduler.has_unfinished:
         stopping = stop is not None and stop.reason is not None
-        while not stopping and len(inflight) < scheduler.max_inflight:
+        while not stopping and len(inflight) < pipeline.num_stages:
             t0 = clock.now()
             plan = scheduler.schedule(t0)
             if plan is None:

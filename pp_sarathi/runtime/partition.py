@@ -14,11 +14,10 @@ from ..cost import BatchShape, CostModel, RooflineCosts, StageTimePredictor
 from ..model.arch import ModelArch
 
 
-def reference_shape(sched: SchedulerConfig, depth: int, max_len: int) -> BatchShape:
+def reference_shape(sched: SchedulerConfig, pp: int, max_len: int) -> BatchShape:
     """A typical hybrid micro-batch: ``chunk_size`` tokens of prompt over as many cached,
-    plus one micro-batch's share of decodes (``depth`` micro-batches in flight) at twice that
-    context."""
-    decodes = max(0, math.ceil(sched.max_batch_size / max(1, depth)) - 1)
+    plus one micro-batch's share of decodes at twice that context."""
+    decodes = max(0, math.ceil(sched.max_batch_size / max(1, pp)) - 1)
     chunk = max(1, min(sched.chunk_size, max_len // 2))
     ctx = max(1, min(2 * chunk, max_len - 1))
     return BatchShape.of([(chunk, min(chunk, max_len - chunk - 1))], [ctx] * decodes, decodes + 1)

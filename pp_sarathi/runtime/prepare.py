@@ -101,7 +101,7 @@ def split_layers(cfg: RunConfig, path: Path, arch: ModelArch) -> list[int]:
     elif not cfg.device.startswith("cuda"):
         cost = load_cached(cfg, path, arch, "cpu", stage_threads(pp, cfg.parallel.threads_per_stage))
     cost = cost or RooflineCosts(arch, cfg.model.dtype, cfg.hardware)
-    ref = reference_shape(cfg.scheduler, cfg.parallel.depth, arch.max_position_embeddings)
+    ref = reference_shape(cfg.scheduler, pp, arch.max_position_embeddings)
     counts = layer_counts(arch, pp, partition, cost, ref)
     times = predicted_stage_seconds(arch, counts, cost, ref)
     log.info("balanced partition %s (from the %s predictor): predicted ms per stage for a %d-token "
@@ -115,7 +115,7 @@ def new_scheduler(prep: Prepared, predictor=None) -> Scheduler:
     records its plans' predicted stage times)."""
     cfg = prep.cfg
     blocks = BlockManager(num_kv_blocks(cfg, prep.arch), cfg.cache.block_size)
-    sched = make_scheduler(cfg.scheduler, blocks, prep.arch.max_position_embeddings, cfg.parallel.depth,
+    sched = make_scheduler(cfg.scheduler, blocks, prep.arch.max_position_embeddings, cfg.parallel.pp,
                            prep.arch.eos_token_ids, cfg.sampling.ignore_eos, predictor)
     if prep.tokenizer is not None:
         sched.text = TextOutput(prep.tokenizer, cfg.sampling.stop)

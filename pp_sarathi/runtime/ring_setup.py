@@ -32,11 +32,10 @@ NAME_INTS = 64  # the offer carries the segment name as one int per character
 _OFFER_INTS = 5 + NAME_INTS  # [offered, slots, slot_bytes, nonce, name_len, name...]
 
 
-def ring_slots(depth: int) -> int:
-    """Slots per ring: at most ``depth`` micro-batches are in flight, and the receiver frees a
-    slot as soon as it has copied the hop out, so twice that plus two never makes the sender
-    wait."""
-    return 2 * depth + 2
+def ring_slots(pp: int) -> int:
+    """Slots per ring: at most ``pp`` micro-batches are in flight, and the receiver frees a slot
+    as soon as it has copied the hop out, so twice that plus two never makes the sender wait."""
+    return 2 * pp + 2
 
 
 # Slots hold this many times the token budget: sarathi_uniform may top a micro-batch up past
@@ -51,7 +50,7 @@ def slot_bytes(cfg: RunConfig, arch: ModelArch, elem_bytes: int) -> int:
     the plan metadata of the most requests a micro-batch takes (the cap, plus the parts the
     policy may add past it), each with a full-context block table. Whole-prompt batches beyond
     that (orca, ft, a vllm prompt longer than the budget) take the gloo path."""
-    per_batch = (math.ceil(cfg.scheduler.max_batch_size / cfg.parallel.depth)
+    per_batch = (math.ceil(cfg.scheduler.max_batch_size / max(1, cfg.parallel.pp))
                  + POLICIES[cfg.scheduler.name].parts_past_cap)
     tokens = BUDGET_MARGIN * max(cfg.scheduler.chunk_size, per_batch)
     meta = PLAN_HEADER_INTS + per_batch * (PART_FIELDS + blocks_for(arch.max_position_embeddings,
@@ -71,7 +70,7 @@ def connect_rings(link: StageLink, cfg: RunConfig, arch: ModelArch) -> str:
     if link.next is None:
         return "-"
     size = slot_bytes(cfg, arch, link.elem_bytes)
-    return _offer(link, mode, ring_slots(cfg.parallel.depth), size)
+    return _offer(link, mode, ring_slots(cfg.parallel.pp), size)
 
 
 def _offer(link: StageLink, mode: str, slots: int, size: int) -> str:

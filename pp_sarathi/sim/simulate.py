@@ -76,7 +76,7 @@ def run_simulation(cfg: RunConfig, cost: CostModel | None = None, on_finished=No
     pp = cfg.parallel.pp
     cost = cost or make_cost_model(cfg, arch)
     counts = layer_counts(arch, pp, cfg.parallel.partition, cost,
-                          reference_shape(cfg.scheduler, cfg.parallel.depth, arch.max_position_embeddings))
+                          reference_shape(cfg.scheduler, pp, arch.max_position_embeddings))
     ranges = layer_ranges(counts)
     requests = sim_requests(cfg.workload, arch.vocab_size, arch.eos_token_ids, arch.max_position_embeddings)
     placeholder = bool(requests) and isinstance(requests[0].prompt_token_ids, PlaceholderTokens)
@@ -95,7 +95,7 @@ def run_simulation(cfg: RunConfig, cost: CostModel | None = None, on_finished=No
             blocks = BlockManager(num_kv_blocks(cfg, arch) * cfg.cache.block_size
                                   // arch.max_position_embeddings or 1, arch.max_position_embeddings)
         planner = PlanCost(ProbedCosts(arch, cost.dtype, planner_coef) if planner_coef else cost, counts)
-        sched = make_scheduler(cfg.scheduler, blocks, arch.max_position_embeddings, cfg.parallel.depth,
+        sched = make_scheduler(cfg.scheduler, blocks, arch.max_position_embeddings, pp,
                                arch.eos_token_ids, ignore_eos=True, predictor=planner)
         sched.add_requests(requests, None if placeholder else arch.vocab_size)
         clock = VirtualClock()

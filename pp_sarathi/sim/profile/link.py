@@ -57,9 +57,8 @@ class LinkStage:
 class ScriptedPlans:
     """A scheduler that hands out ``n`` copies of one micro-batch."""
 
-    def __init__(self, parts, n: int, max_inflight: int):
+    def __init__(self, parts, n: int):
         self.parts, self.n, self.next, self.done = parts, n, 0, 0
-        self.max_inflight = max_inflight  # micro-batches the driver keeps in flight
 
     @property
     def has_unfinished(self) -> bool:
@@ -166,7 +165,7 @@ def link_worker(rank: int, a: dict) -> dict | None:
                 dist.gather_object(timeline.records(), None, dst=0)
                 continue
             pipe = PipelineFront(ex, link, timeline, heartbeat_s=1.0)
-            batches = drive(ScriptedPlans(parts, a["batches"], world), pipe, clock)
+            batches = drive(ScriptedPlans(parts, a["batches"]), pipe, clock)
             pipe.close(60.0)
             link.send_stop()
             link.flush()
