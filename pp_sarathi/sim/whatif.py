@@ -24,7 +24,6 @@ from statistics import median
 
 from ..cost import StageTimes
 from ..metrics.bubbles import account
-from ..metrics.records import StageRecord
 from .engine import PipelineEngine
 
 VARIANTS = ("recorded", "balanced", "planned", "planned_balanced")
@@ -59,7 +58,8 @@ def variant_times(timeline: dict) -> dict[str, dict[tuple[int, int], float]]:
 def transport_medians(timeline: dict) -> tuple[list[float], float]:
     """Median hop ``s -> s+1`` (upstream compute end to downstream compute start, where the
     downstream stage was waiting) and median return (last stage's compute end to stage 0's
-    start of the micro-batch ``depth`` later, where stage 0 was waiting)."""
+    start of the micro-batch ``pp`` later, where stage 0 was waiting: the tokens' way back, the
+    driver's scheduling and the hand-over to stage 0)."""
     n = timeline["num_stages"]
     rec = {(r["stage"], r["batch_id"]): r for r in timeline["stage_records"]}
     ids = [b["batch_id"] for b in timeline["batches"]]
@@ -77,16 +77,18 @@ def transport_medians(timeline: dict) -> tuple[list[float], float]:
     return hops, (median(back) if back else 0.0)
 
 
-def replay(timeline: dict, compute: dict[tuple[int, int], float]) -> dict:
-    """Stage bubbles and wall time of the run's micro-batches with these compute times."""
+def replay(timeline: dict, compute: dict[tuple[int, int], float],
+           transport: tuple[list[float], float] | None = None) -> dict:
+    """Stage bubbles and wall time of the run's micro-batches with these compute times;
+    ``transport``: (hops, return) seconds, default :func:`transport_medians` of the run."""
     n = timeline["num_stages"]
-    hops, back = transport_medians(timeline)
+    hops, back = transport or transport_medians(timeline)
     engine = PipelineEngine(n)
     batches = sorted(timeline["batches"], key=lambda b: b["scheduled_at"])
     done: list[float] = []
     spans = []
     for i, b in enumerate(batches):
-        ready = done[i - n] if i >= n else batches[i]["scheduled_at"]
+        ready = done[i - n] if i >= n else b["scheduled_at"]
         times = StageTimes([compute[(s, b["batch_id"])] for s in range(n)], hops, back)
         _, end = engine.push(b["batch_id"], ready, times)
         done.append(end)
@@ -112,4 +114,5 @@ def stage_bubble_whatif(run_dir: str | Path) -> dict:
             "real": {"wall_s": real["wall_s"],
                      "stage_bubble_s": [s["bubble_s"] for s in real["stages"]],
                      "stage_bubble": [s["bubble_fraction"] for s in real["stages"]]},
-            "variants": {name: replay(timeline, times) for name, times in variant_times(timeline).items()}}
+            "variants": {name: replay(timeline, times, (hops, back))
+                         for name, times in variant_times(timeline).items()}}
