@@ -5,20 +5,20 @@ import json
 
 import pytest
 
-from pp_sarathi.sim.whatif import replay, stage_bubble_whatif, variant_times
+from pp_sarathi.sim.whatif import replay, stage_bubble_whatif, transport_medians, variant_times
 
 
-def _timeline(c0: float, c1: float, n: int, predicted=None) -> dict:
-    """A 2-stage run without transport cost, two micro-batches in flight, stage 1 slower:
-    micro-batch k + 2 starts on stage 0 when stage 1 finishes k."""
+def _timeline(c0: float, c1: float, n: int, predicted=None, hop: float = 0.0, back: float = 0.0) -> dict:
+    """A 2-stage run, two micro-batches in flight, stage 1 slower: micro-batch k + 2 starts on
+    stage 0 ``back`` after stage 1 finishes k; a hop takes ``hop``."""
     free0 = free1 = 0.0
     done, recs, batches = [], [], []
     for k in range(n):
-        ready = done[k - 2] if k >= 2 else 0.0
+        ready = done[k - 2] + back if k >= 2 else 0.0
         s0 = max(free0, ready)
-        free0 = s0 + c0
-        s1 = max(free1, free0)
-        recs.append(dict(stage=0, batch_id=k, recv_start=s0, recv_end=s0, compute_start=s0, compute_end=free0,
+        idle0, free0 = free0, s0 + c0  # stage 0 waits for its next plan from when it is free
+        s1 = max(free1, free0 + hop)
+        recs.append(dict(stage=0, batch_id=k, recv_start=idle0, recv_end=s0, compute_start=s0, compute_end=free0,
                          send_start=free0, send_end=free0))
         recs.append(dict(stage=1, batch_id=k, recv_start=free1, recv_end=s1, compute_start=s1, compute_end=s1 + c1,
                          send_start=s1 + c1, send_end=s1 + c1))
@@ -43,6 +43,20 @@ def test_recorded_replay_reproduces_the_waits_and_balancing_removes_them():
     assert bal["wall_s"] == pytest.approx(0.077)
     # Times that equal their plan change nothing when the noise is taken out.
     assert replay(t, times["planned"])["stage_bubble_s"] == pytest.approx(rec["stage_bubble_s"])
+
+
+def test_replay_measures_the_run_s_own_hop_and_return():
+    t = _timeline(0.010, 0.012, 8, hop=0.0005, back=0.0007)
+    tr = transport_medians(t)
+    assert tr.transfer == [pytest.approx(0.0005)] and tr.ret == pytest.approx(0.0007)
+    assert tr.recv == [0.0, pytest.approx(0.0)]
+    rec = replay(t, variant_times(t)["recorded"])
+    last = max(r["compute_end"] for r in t["stage_records"])
+    assert rec["wall_s"] == pytest.approx(last + 0.0007)  # the last tokens' way back included
+    # Stage 0 first waits out the pipeline's first round trip (third micro-batch: 23.2 - 20 ms),
+    # then the slower stage 1 sets the pace: 2 ms a micro-batch, the transport hidden.
+    assert rec["stage_bubble_s"][0] == pytest.approx(0.0032 + 5 * 0.002)
+    assert rec["stage_bubble_s"][1] == pytest.approx(0.0, abs=1e-12)
 
 
 def test_planned_variant_keeps_each_stage_speed_but_not_its_noise():

@@ -2,9 +2,9 @@
 with their recorded compute times and with parts of those times' variation taken out.
 
 The replay keeps the run's own micro-batches, in their order, and the driver's rule (micro-batch
-``k + depth`` is handed to stage 0 once micro-batch ``k``'s tokens are back); the hop between
-stages and the way back to the driver take their median in the run (measured where the
-receiving side was waiting). Only the per-stage compute changes. With ``p[s]`` the planner's
+``k + pp`` is handed to stage 0 once micro-batch ``k``'s tokens are back); the hop between
+stages, the receive of a hop already there and the way back to the driver take their median in
+the run. Only the per-stage compute changes. With ``p[s]`` the planner's
 predicted time of a micro-batch on stage ``s`` and ``c[s]`` the recorded one:
 
 * ``recorded``: ``c[s]``: the replay itself (compare with the run's own figures);
@@ -55,41 +55,45 @@ def variant_times(timeline: dict) -> dict[str, dict[tuple[int, int], float]]:
     return out
 
 
-def transport_medians(timeline: dict) -> tuple[list[float], float]:
-    """Median hop ``s -> s+1`` (upstream compute end to downstream compute start, where the
-    downstream stage was waiting) and median return (last stage's compute end to stage 0's
-    start of the micro-batch ``pp`` later, where stage 0 was waiting: the tokens' way back, the
-    driver's scheduling and the hand-over to stage 0)."""
+def transport_medians(timeline: dict) -> StageTimes:
+    """The run's transport as the event engine takes it (compute left empty), each a median over
+    the run: the hop ``s -> s+1`` (upstream compute end to downstream compute start, where the
+    downstream stage was waiting for it), the receive of a hop already there (stage ``s``'s
+    receive where it started after the upstream compute ended), and the return (last stage's
+    compute end to stage 0's start of the micro-batch ``pp`` later, where stage 0 was waiting:
+    the tokens' way back, the driver's scheduling and the hand-over to stage 0)."""
     n = timeline["num_stages"]
     rec = {(r["stage"], r["batch_id"]): r for r in timeline["stage_records"]}
     ids = [b["batch_id"] for b in timeline["batches"]]
-    hops = []
+
+    def med(xs: list[float]) -> float:
+        return median(xs) if xs else 0.0
+    hops, recvs = [], [0.0]
     for s in range(n - 1):
-        waited = [rec[(s + 1, b)]["compute_start"] - rec[(s, b)]["compute_end"] for b in ids
-                  if (s, b) in rec and (s + 1, b) in rec
-                  and rec[(s + 1, b)]["recv_end"] > rec[(s + 1, b)]["recv_start"]
-                  and rec[(s + 1, b)]["recv_start"] < rec[(s, b)]["compute_end"]]
-        hops.append(median(waited) if waited else 0.0)
-    back = [rec[(0, b2)]["compute_start"] - rec[(n - 1, b)]["compute_end"] for b, b2 in zip(ids, ids[n:])
-            if (n - 1, b) in rec and (0, b2) in rec
-            and rec[(0, b2)]["compute_start"] > rec[(n - 1, b)]["compute_end"]
-            and rec[(0, b2)]["recv_start"] < rec[(n - 1, b)]["compute_end"]]
-    return hops, (median(back) if back else 0.0)
+        pairs = [(rec[(s, b)], rec[(s + 1, b)]) for b in ids if (s, b) in rec and (s + 1, b) in rec]
+        hops.append(med([d["compute_start"] - u["compute_end"] for u, d in pairs
+                         if d["recv_start"] < u["compute_end"]]))
+        recvs.append(med([d["recv_end"] - d["recv_start"] for u, d in pairs
+                          if d["recv_start"] >= u["compute_end"]]))
+    back = med([rec[(0, b2)]["compute_start"] - rec[(n - 1, b)]["compute_end"] for b, b2 in zip(ids, ids[n:])
+                if (n - 1, b) in rec and (0, b2) in rec
+                and rec[(0, b2)]["compute_start"] > rec[(n - 1, b)]["compute_end"]
+                and rec[(0, b2)]["recv_start"] < rec[(n - 1, b)]["compute_end"]])
+    return StageTimes([], hops, back, recv=recvs)
 
 
-def replay(timeline: dict, compute: dict[tuple[int, int], float],
-           transport: tuple[list[float], float] | None = None) -> dict:
+def replay(timeline: dict, compute: dict[tuple[int, int], float], transport: StageTimes | None = None) -> dict:
     """Stage bubbles and wall time of the run's micro-batches with these compute times;
-    ``transport``: (hops, return) seconds, default :func:`transport_medians` of the run."""
+    ``transport``: default :func:`transport_medians` of the run."""
     n = timeline["num_stages"]
-    hops, back = transport or transport_medians(timeline)
+    tr = transport or transport_medians(timeline)
     engine = PipelineEngine(n)
     batches = sorted(timeline["batches"], key=lambda b: b["scheduled_at"])
     done: list[float] = []
     spans = []
     for i, b in enumerate(batches):
         ready = done[i - n] if i >= n else b["scheduled_at"]
-        times = StageTimes([compute[(s, b["batch_id"])] for s in range(n)], hops, back)
+        times = StageTimes([compute[(s, b["batch_id"])] for s in range(n)], tr.transfer, tr.ret, recv=tr.recv)
         _, end = engine.push(b["batch_id"], ready, times)
         done.append(end)
         spans.append((ready, end))
@@ -108,11 +112,11 @@ def stage_bubble_whatif(run_dir: str | Path) -> dict:
     timeline = json.loads((run_dir / "timeline.json").read_text())
     if timeline["num_stages"] < 2:
         raise ValueError(f"{run_dir} ran one stage: no pipeline bubble to replay")
-    hops, back = transport_medians(timeline)
+    tr = transport_medians(timeline)
     return {"run": str(run_dir), "scheduler": real["config"]["scheduler"]["name"],
-            "hop_s": hops, "return_s": back,
+            "hop_s": tr.transfer, "recv_s": tr.recv, "return_s": tr.ret,
             "real": {"wall_s": real["wall_s"],
                      "stage_bubble_s": [s["bubble_s"] for s in real["stages"]],
                      "stage_bubble": [s["bubble_fraction"] for s in real["stages"]]},
-            "variants": {name: replay(timeline, times, (hops, back))
+            "variants": {name: replay(timeline, times, tr)
                          for name, times in variant_times(timeline).items()}}
