@@ -15,6 +15,10 @@ predicted time of a micro-batch on stage ``s`` and ``c[s]`` the recorded one:
   step-to-step variation gone, the plan's variation and the stages' difference kept;
 * ``planned_balanced``: ``mean(p) * k``: neither; what is left is the schedule's shape (pipeline
   fill, micro-batches of different sizes in a row) and the transport.
+
+A replay keeps the schedule, so it answers what-ifs that leave the micro-batches as they were
+(a finer partition does; more micro-batches in flight does not). Stages that shared cores in the
+run (pp=3 on two) keep the slowdown they had there: the replay does not re-share the cores.
 """
 from __future__ import annotations
 
