@@ -59,6 +59,40 @@ def test_replay_measures_the_run_s_own_hop_and_return():
     assert rec["stage_bubble_s"][1] == pytest.approx(0.0, abs=1e-12)
 
 
+def test_a_wait_for_arrivals_stays_in_the_replay():
+    """A run whose driver idled 50 ms for requests before its fifth micro-batch: the replay keeps
+    that wait (balancing cannot start work that had not arrived yet)."""
+    t = _timeline(0.010, 0.012, 6)
+    late = t["batches"][4]
+    late["scheduled_at"] += 0.050
+    for r in t["stage_records"]:  # everything from the fifth micro-batch on moves with it
+        if r["batch_id"] >= 4:
+            for key in ("recv_end", "compute_start", "compute_end", "send_start", "send_end"):
+                r[key] += 0.050
+    for b in t["batches"][4:]:
+        b["done_at"] += 0.050
+    t["batches"][5]["scheduled_at"] += 0.050
+    times = variant_times(t)
+    assert replay(t, times["recorded"])["wall_s"] == pytest.approx(0.082 + 0.050)
+    assert replay(t, times["balanced"])["wall_s"] >= 0.050 + 0.070
+
+
+def test_a_micro_batch_planned_on_a_later_return_waits_for_that_one():
+    """At the end of a run the pipeline runs half empty: the third micro-batch could only be
+    planned once the second came back (its requests were in it), not the first."""
+    rec = []
+    for k, (s0, s1) in enumerate([(0.0, 0.010), (0.010, 0.022), (0.034, 0.044)]):
+        rec.append(dict(stage=0, batch_id=k, recv_start=s0, recv_end=s0, compute_start=s0, compute_end=s0 + 0.010,
+                        send_start=s0 + 0.010, send_end=s0 + 0.010))
+        rec.append(dict(stage=1, batch_id=k, recv_start=s1, recv_end=s1, compute_start=s1, compute_end=s1 + 0.012,
+                        send_start=s1 + 0.012, send_end=s1 + 0.012))
+    batches = [dict(batch_id=0, scheduled_at=0.0, done_at=0.022, predicted_stage_s=[0.010, 0.012]),
+               dict(batch_id=1, scheduled_at=0.0, done_at=0.034, predicted_stage_s=[0.010, 0.012]),
+               dict(batch_id=2, scheduled_at=0.034, done_at=0.056, predicted_stage_s=[0.010, 0.012])]
+    t = {"num_stages": 2, "batches": batches, "stage_records": rec}
+    assert replay(t, variant_times(t)["recorded"])["wall_s"] == pytest.approx(0.056)
+
+
 def test_planned_variant_keeps_each_stage_speed_but_not_its_noise():
     # Planned equal, recorded 10 % slower on stage 1: the planned variant scales the plan by
     # each stage's own recorded / predicted ratio.

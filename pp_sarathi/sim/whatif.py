@@ -1,8 +1,9 @@
 """What holds a real run's stage bubble: its micro-batches replayed through the event engine,
 with their recorded compute times and with parts of those times' variation taken out.
 
-The replay keeps the run's own micro-batches, in their order, and the driver's rule (micro-batch
-``k + pp`` is handed to stage 0 once micro-batch ``k``'s tokens are back); the hop between
+The replay keeps the run's own micro-batches, in their order, and when the driver could plan each
+one: once the micro-batch whose return it followed in the run (``k - pp`` in a full pipeline) is
+back; the hop between
 stages, the receive of a hop already there and the way back to the driver take their median in
 the run. Only the per-stage compute changes. With ``p[s]`` the planner's
 predicted time of a micro-batch on stage ``s`` and ``c[s]`` the recorded one:
@@ -16,7 +17,8 @@ predicted time of a micro-batch on stage ``s`` and ``c[s]`` the recorded one:
 * ``planned_balanced``: ``mean(p) * k``: neither; what is left is the schedule's shape (pipeline
   fill, micro-batches of different sizes in a row) and the transport.
 
-A replay keeps the schedule, so it answers what-ifs that leave the micro-batches as they were
+Where the run's driver waited for requests to arrive, the replay waits as long (a floor on when
+that micro-batch may start). A replay keeps the schedule, so it answers what-ifs that leave the micro-batches as they were
 (a finer partition does; more micro-batches in flight does not). Stages that shared cores in the
 run (pp=3 on two) keep the slowdown they had there: the replay does not re-share the cores.
 """
@@ -31,6 +33,10 @@ from ..metrics.bubbles import account
 from .engine import PipelineEngine
 
 VARIANTS = ("recorded", "balanced", "planned", "planned_balanced")
+# A micro-batch scheduled this long after the last return before it waited for requests to arrive
+# (the driver's own work takes well under a millisecond): a replay keeps that wait as a floor on
+# when it may start.
+ARRIVAL_WAIT_S = 0.01
 
 
 def _compute(records: list[dict]) -> dict[tuple[int, int], float]:
@@ -59,13 +65,27 @@ def variant_times(timeline: dict) -> dict[str, dict[tuple[int, int], float]]:
     return out
 
 
+def _gates(batches: list[dict]) -> list[tuple[int | None, bool]]:
+    """Per micro-batch (in scheduling order): the one whose return let the driver schedule it
+    (the last to come back before it was scheduled; None for the first ones) and whether the
+    driver then still waited for requests to arrive."""
+    order = sorted(range(len(batches)), key=lambda i: batches[i]["done_at"])
+    out, j, last = [], 0, None
+    for b in batches:
+        while j < len(order) and batches[order[j]]["done_at"] <= b["scheduled_at"]:
+            last, j = order[j], j + 1
+        out.append((last, last is not None and b["scheduled_at"] - batches[last]["done_at"] > ARRIVAL_WAIT_S))
+    return out
+
+
 def transport_medians(timeline: dict) -> StageTimes:
     """The run's transport as the event engine takes it (compute left empty), each a median over
     the run: the hop ``s -> s+1`` (upstream compute end to downstream compute start, where the
     downstream stage was waiting for it), the receive of a hop already there (stage ``s``'s
     receive where it started after the upstream compute ended), and the return (last stage's
-    compute end to stage 0's start of the micro-batch ``pp`` later, where stage 0 was waiting:
-    the tokens' way back, the driver's scheduling and the hand-over to stage 0)."""
+    compute end to stage 0's start of the micro-batch planned on its return, where stage 0 was waiting:
+    the tokens' way back, the driver's scheduling and the hand-over to stage 0; not where the
+    driver waited for requests to arrive)."""
     n = timeline["num_stages"]
     rec = {(r["stage"], r["batch_id"]): r for r in timeline["stage_records"]}
     ids = [b["batch_id"] for b in timeline["batches"]]
@@ -79,7 +99,10 @@ def transport_medians(timeline: dict) -> StageTimes:
                          if d["recv_start"] < u["compute_end"]]))
         recvs.append(med([d["recv_end"] - d["recv_start"] for u, d in pairs
                           if d["recv_start"] >= u["compute_end"]]))
-    back = med([rec[(0, b2)]["compute_start"] - rec[(n - 1, b)]["compute_end"] for b, b2 in zip(ids, ids[n:])
+    batches = sorted(timeline["batches"], key=lambda b: b["scheduled_at"])
+    after = [(batches[g]["batch_id"], b["batch_id"]) for b, (g, waited) in zip(batches, _gates(batches))
+             if g is not None and not waited]
+    back = med([rec[(0, b2)]["compute_start"] - rec[(n - 1, b)]["compute_end"] for b, b2 in after
                 if (n - 1, b) in rec and (0, b2) in rec
                 and rec[(0, b2)]["compute_start"] > rec[(n - 1, b)]["compute_end"]
                 and rec[(0, b2)]["recv_start"] < rec[(n - 1, b)]["compute_end"]])
@@ -95,8 +118,10 @@ def replay(timeline: dict, compute: dict[tuple[int, int], float], transport: Sta
     batches = sorted(timeline["batches"], key=lambda b: b["scheduled_at"])
     done: list[float] = []
     spans = []
-    for i, b in enumerate(batches):
-        ready = done[i - n] if i >= n else b["scheduled_at"]
+    for b, (gate, waited) in zip(batches, _gates(batches)):
+        ready = b["scheduled_at"] if gate is None else done[gate]
+        if waited:  # the run's driver waited for requests to arrive: so does the replay
+            ready = max(ready, b["scheduled_at"])
         times = StageTimes([compute[(s, b["batch_id"])] for s in range(n)], tr.transfer, tr.ret, recv=tr.recv)
         _, end = engine.push(b["batch_id"], ready, times)
         done.append(end)
