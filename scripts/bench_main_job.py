@@ -49,10 +49,9 @@ def figures(res: dict) -> dict:
 
 def whatif_figures(run_dir: Path) -> dict:
     """Stage bubble of the run's replays (none for a one-stage run or without a timeline)."""
-    if len(json.loads((run_dir / "results.json").read_text())["stages"]) < 2 \
-            or not (run_dir / "timeline.json").exists():
+    rep = stage_bubble_whatif(run_dir) if (run_dir / "timeline.json").exists() else None
+    if rep is None:
         return {}
-    rep = stage_bubble_whatif(run_dir)
     return {f"s{i}_bubble_{v}": b for v in VARIANTS for i, b in enumerate(rep["variants"][v]["stage_bubble"])}
 
 

@@ -13,7 +13,6 @@ writes them). Prints one table per scheduler (every run and the medians); nothin
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from statistics import median
 
@@ -40,11 +39,8 @@ def main(argv: list[str] | None = None) -> None:
     reports: dict[str, list[dict]] = {}
     for d in args.dirs:
         for r in run_dirs(d):
-            timeline = json.loads((r / "timeline.json").read_text())
-            if timeline["num_stages"] < 2:
-                continue
             rep = stage_bubble_whatif(r)
-            if args.scheduler in (None, rep["scheduler"]):
+            if rep is not None and args.scheduler in (None, rep["scheduler"]):
                 reports.setdefault(rep["scheduler"], []).append(rep)
     if not reports:
         raise SystemExit("no pipeline run with a timeline.json under " + ", ".join(map(str, args.dirs)))

@@ -20,6 +20,7 @@ import numpy as np
 
 from ..config import RunConfig, SimConfig
 from .simulate import run_simulation, simulation_results
+from .whatif import recorded_compute
 
 
 def run_config_from_dict(d: dict, base: RunConfig | None = None) -> RunConfig:
@@ -73,8 +74,7 @@ def _simulate(run_dir: Path, profile: str, sim_cfg: SimConfig | None, replay: bo
     planner_coef = (model.get("probe_coef_s") or model.get("coef_s")) if model.get("source") == "probe" else None
     recorded = None
     if replay:
-        t = json.loads((run_dir / "timeline.json").read_text())
-        recorded = {(r["stage"], r["batch_id"]): r["compute_end"] - r["compute_start"] for r in t["stage_records"]}
+        recorded = recorded_compute(json.loads((run_dir / "timeline.json").read_text()))
     out = run_simulation(cfg, replay=recorded, planner_coef=planner_coef)
     return cfg, out, simulation_results(out, {})
 

@@ -39,13 +39,14 @@ VARIANTS = ("recorded", "balanced", "planned", "planned_balanced")
 ARRIVAL_WAIT_S = 0.01
 
 
-def _compute(records: list[dict]) -> dict[tuple[int, int], float]:
-    return {(r["stage"], r["batch_id"]): r["compute_end"] - r["compute_start"] for r in records}
+def recorded_compute(timeline: dict) -> dict[tuple[int, int], float]:
+    """(stage, batch id) -> compute seconds a run recorded (its timeline.json)."""
+    return {(r["stage"], r["batch_id"]): r["compute_end"] - r["compute_start"] for r in timeline["stage_records"]}
 
 
 def variant_times(timeline: dict) -> dict[str, dict[tuple[int, int], float]]:
     """(stage, batch id) -> compute seconds of every variant, from a run's timeline.json."""
-    recorded = _compute(timeline["stage_records"])
+    recorded = recorded_compute(timeline)
     planned = {b["batch_id"]: b["predicted_stage_s"] for b in timeline["batches"]
                if b.get("predicted_stage_s") and min(b["predicted_stage_s"]) > 0}
     k = []  # per stage, recorded ÷ predicted over the run: the host's speed against the plan
@@ -133,14 +134,14 @@ def replay(timeline: dict, compute: dict[tuple[int, int], float], transport: Sta
                              if report.stage_span_s.get(s) else 0.0 for s in range(n)]}
 
 
-def stage_bubble_whatif(run_dir: str | Path) -> dict:
+def stage_bubble_whatif(run_dir: str | Path) -> dict | None:
     """The real run's stage bubbles and every variant's replay (``run_dir``: results.json and
-    timeline.json of a pipeline run)."""
+    timeline.json of a run); None for a one-stage run (no pipeline bubble to replay)."""
     run_dir = Path(run_dir)
     real = json.loads((run_dir / "results.json").read_text())
     timeline = json.loads((run_dir / "timeline.json").read_text())
     if timeline["num_stages"] < 2:
-        raise ValueError(f"{run_dir} ran one stage: no pipeline bubble to replay")
+        return None
     tr = transport_medians(timeline)
     return {"run": str(run_dir), "scheduler": real["config"]["scheduler"]["name"],
             "hop_s": tr.transfer, "recv_s": tr.recv, "return_s": tr.ret,
