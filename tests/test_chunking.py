@@ -232,11 +232,14 @@ def test_hybrid_batch_equals_separate_parts(layout, hf_checkpoint, dtype):
 
     total = sum(p.num_tokens for _, p, _ in parts)
     need = sum(p.needs_logits for _, p, _ in parts)
-    # Each linear of each layer ran exactly once, over all tokens of the batch; the LM head
-    # once, over one row per part that needs logits.
+    # Each linear of each layer ran exactly once, over all tokens of the batch, except in the
+    # model's last layer: after its QKV projection (every row's K/V is cached) only the rows
+    # that reach the LM head go on. The LM head once, over one row per part that needs logits.
+    last = f"layers.{model.arch.num_layers - 1}."
     assert sorted(name for name, _ in calls) == sorted(counter.names)
     for name, rows in calls:
-        expect = need if name == "lm_head" else total
+        pruned = name == "lm_head" or (name.startswith(last) and not name.endswith("qkv_proj"))
+        expect = need if pruned else total
         assert rows == expect, (name, rows, expect)
     per_layer = {n.split(".")[-1] for n in counter.names if n.startswith("layers.0.")}
     assert per_layer == {"qkv_proj", "o_proj", "gate_up_proj", "down_proj"}
@@ -270,6 +273,37 @@ def test_hybrid_batch_equals_separate_parts(layout, hf_checkpoint, dtype):
         a = step(model, kv, [rest], prompts[3][16:])
         b = step(model, kv_sep, [rest], prompts[3][16:])
         assert (a - b).abs().max().item() <= tol(dtype, b)
+
+
+@pytest.mark.parametrize("in_place", [True, False], ids=["cpu_kernels", "torch_path"])
+def test_last_layer_on_sampled_rows_alone_equals_all_rows(stage_model, dtype, in_place, monkeypatch):
+    """The model's last layer carries on only the rows the LM head reads: same logits and same
+    K/V as running it over every row, for a hybrid of a middle chunk, a final chunk, a whole
+    prompt and decodes, and for a middle chunk alone (no row sampled)."""
+    from pp_sarathi.model import cpu_attention
+
+    monkeypatch.setattr(cpu_attention, "ENABLED", in_place)
+    model = stage_model
+    kv, prompts, dec_tokens = _history(model)
+    kv_full = _clone(kv)
+    parts = [(PartSpec(8, 8, table(3), False), prompts[3][8:16]),
+             (PartSpec(0, NEW_LEN, table(4), True), prompts[4])]
+    parts += [(PartSpec(len(prompts[r]) + 1, 1, table(r), True), [dec_tokens[r]]) for r in range(3)]
+    batches = [parts, [(PartSpec(16, 2, table(3), False), prompts[3][16:18])]]
+    for batch in batches:
+        specs, ids = [p for p, _ in batch], [t for _, i in batch for t in i]
+        assert model.prune_last_layer
+        pruned = step(model, kv, specs, ids)
+        model.prune_last_layer = False
+        try:
+            full = step(model, kv_full, specs, ids)
+        finally:
+            model.prune_last_layer = True
+        assert pruned.shape == full.shape == (sum(p.needs_logits for p in specs), model.arch.vocab_size)
+        if full.numel():
+            err = (pruned - full).abs().max().item()
+            assert err <= tol(dtype, full), f"pruned vs full logits differ by {err}"
+        assert torch.equal(kv.k, kv_full.k) and torch.equal(kv.v, kv_full.v)
 
 
 def test_executor_hybrid_step_samples_like_separate_steps(hf_checkpoint):

@@ -116,7 +116,27 @@ def test_roofline_is_a_stage_time_predictor():
     t = m.stage_times(b, [1, 2, 1])
     assert [m.stage_seconds(b, 1, first=True), m.stage_seconds(b, 2), m.stage_seconds(b, 1, last=True)] == t.compute
     only = m.stage_seconds(b, 2, first=True, last=True)
-    assert only == pytest.approx(2 * m.layer_time(b) + m.overhead(3, 5) + m.embed(5) + m.lm_head(3) + m.sample(3))
+    assert only == pytest.approx(2 * m.layer_time(b) + m.overhead(3, 5) + m.embed(5) + m.lm_head(3) + m.sample(3)
+                                 - m.last_layer_saving(b))
+
+
+def test_last_layer_saving_by_hand():
+    """The model's last layer runs QKV over every row, the rest over the sampled rows only, and
+    those attend as decodes (model/llama.py)."""
+    m = RooflineCosts(ARCH, "float32", HW)
+    after_qkv = 1 - 8 * (8 + 2 * 4) / 576  # O, gate/up and down: 448 of the layer's 576 weights
+    # A chunk of 3 over 2 cached (not sampled) and decodes at 5 and 7: rows 5, sampled 2.
+    b = BatchShape.of([(3, 2)], [5, 7], num_sampled=2)
+    assert b.sampled_ctx == [5, 7]
+    want = after_qkv * (m.linear(5) - m.linear(2)) + m.attn_prefill(3, 2) + m.attn_decode([5, 7]) - m.attn_decode([5, 7])
+    assert m.last_layer_saving(b) == pytest.approx(want)
+    # Only a non-final chunk: nothing goes on after QKV.
+    mid = BatchShape.of([(3, 2)], [], num_sampled=0)
+    assert m.last_layer_saving(mid) == pytest.approx(after_qkv * m.linear(3) + m.attn_prefill(3, 2))
+    # Every row sampled (decodes only): nothing skipped; only the last stage saves.
+    assert m.last_layer_saving(BatchShape.of([], [5, 7])) == 0.0
+    assert m.stage_seconds(b, 2) - m.stage_seconds(b, 2, last=True) == pytest.approx(
+        m.last_layer_saving(b) - m.lm_head(2) - m.sample(2))
 
 
 def test_kv_capacity_by_hand():

@@ -11,6 +11,8 @@ executes (pp_sarathi/model/llama.py):
               + 2 * allreduce(T*h)     only with tensor parallelism
     stage:      layers * per layer + overhead(parts, T)
               + embed(T) on the first stage + lm_head(L) + sample(L) on the last (L = sampled rows)
+              - what the model's last layer skips, on the last stage: after QKV only the L
+                sampled rows go on, each attending as a decode (last_layer_saving)
     transport:  hop s -> s+1, return to rank 0; with a measured transport also the time a stage
                 is busy sending and taking in data that has already arrived
 
@@ -23,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 from ..model.arch import ModelArch
-from ..model.shapes import dtype_bytes
+from ..model.shapes import dtype_bytes, linear_params_per_layer, qkv_params_per_layer
 from .messages import activation_bytes, hop_message_bytes, result_message_bytes
 from .shape import BatchShape
 
@@ -116,12 +118,30 @@ class CostModel:
             c += self.attn_decode(b.decode_ctx)
         return c
 
+    def last_layer_saving(self, b: BatchShape) -> float:
+        """Seconds the model's last layer does not spend on ``b`` (model/llama.py): rows that
+        reach no LM head stop once their K/V are cached, so the projections after QKV run over
+        the sampled rows alone, and only those rows attend, each as a decode does. The norms,
+        rotary and KV writes are costed as before. Without an architecture (a hand-made
+        model) nothing is known to be skipped."""
+        rows, total = b.num_sampled, b.num_tokens
+        if rows >= total or self.arch is None:
+            return 0.0
+        after_qkv = 1.0 - qkv_params_per_layer(self.arch) / linear_params_per_layer(self.arch)
+        kept = self.linear(rows) if rows else 0.0
+        saved = after_qkv * (self.linear(total) - kept) + self.attention(b)
+        if b.sampled_ctx:
+            saved -= self.attn_decode(b.sampled_ctx)
+        return saved
+
     def _stage(self, b: BatchShape, num_layers: int, per_layer: float, over: float, first: bool, last: bool) -> float:
         t = num_layers * per_layer + over
         if first:
             t += self.embed(b.num_tokens)
         if last and b.num_sampled:
             t += self.lm_head(b.num_sampled) + self.sample(b.num_sampled)
+        if last and num_layers:
+            t -= self.last_layer_saving(b)
         return t
 
     def stage_seconds(self, shape: BatchShape, num_layers: int, first: bool = False, last: bool = False) -> float:

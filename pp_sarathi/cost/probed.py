@@ -98,6 +98,7 @@ class ProbedCosts(CostModel):
         self.prior: ProbedCosts | None = None  # the probe's fit, when this one is a refit
         # The LM head is one more GEMM at the linear layers' rate per weight.
         self._head_ratio = embedding_params(arch) / linear_params_per_layer(arch) if arch is not None else 0.0
+        self._units: list[ProbedCosts] | None = None  # one model per coefficient set to 1 (features)
 
     @classmethod
     def fit(cls, arch: ModelArch, dtype: str, rows: list[tuple[BatchShape, int, float]],
@@ -113,11 +114,17 @@ class ProbedCosts(CostModel):
         return model
 
     def features(self, shape: BatchShape, layers: int, last: bool = False) -> list[float]:
-        """:func:`step_features` plus, on the last stage, the LM head over the sampled rows."""
+        """:func:`step_features` plus, on the last stage, the LM head over the sampled rows
+        less what the model's last layer skips (linear in the coefficients like the rest: each
+        feature is that saving with its coefficient alone set to 1)."""
         f = step_features(shape, layers)
         if last and shape.num_sampled:
             f[0] += self._head_ratio
             f[1] += self._head_ratio * shape.num_sampled
+        if last and layers and shape.num_sampled < shape.num_tokens:
+            if self._units is None:
+                self._units = [ProbedCosts(self.arch, self.dtype, {k: 1.0}) for k in COEF_NAMES]
+            f = [x - u.last_layer_saving(shape) for x, u in zip(f, self._units)]
         return f
 
     def step(self, shape: BatchShape, layers: int, last: bool = False) -> float:

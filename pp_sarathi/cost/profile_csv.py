@@ -76,9 +76,7 @@ def stage_row_shape(r: dict) -> BatchShape:
     ``context``; every part samples (as a micro-batch of final chunks and decodes)."""
     n_pre = (r.get("prefills") or 1) if r["chunk"] else 0
     prefills = [(r["chunk"], r["cached"])] * n_pre
-    decodes = [r["context"]] * r["batch"]
-    parts = n_pre + r["batch"]
-    return BatchShape(r["chunk"] * n_pre + r["batch"], parts, prefills, decodes, parts, 0)
+    return BatchShape.of(prefills, [r["context"]] * r["batch"])
 
 
 def layer_row_shape(r: dict) -> BatchShape:

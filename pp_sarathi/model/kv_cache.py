@@ -8,7 +8,7 @@ Every stage has the same number of blocks, so one block table serves all stages.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch.nn.attention.bias import causal_lower_right
@@ -63,10 +63,48 @@ class AttentionMetadata:
     # [D] keys per decode, for the in-place CPU kernel (model/cpu_attention.py); None where the
     # mask is more than a length (a sliding window)
     decode_lens: torch.Tensor | None = None
+    # Each sampled row's (block table, keys): what the model's last layer needs to attend from
+    # those rows alone (:meth:`sampled_rows`)
+    sampled_parts: list[tuple[list[int], int]] = field(default_factory=list)
+    sliding_window: int | None = None
+    _sampled: "AttentionMetadata | None" = field(default=None, repr=False)
 
     @property
     def num_tokens(self) -> int:
         return int(self.positions.numel())
+
+    def sampled_rows(self) -> "AttentionMetadata":
+        """The rows in :attr:`logits_indices` alone, each attending as a decode does (its keys
+        are all cached by then): the model's last layer needs nothing else (built once)."""
+        if self._sampled is None:
+            device = self.positions.device
+            tables = [t for t, _ in self.sampled_parts]
+            lens = [n for _, n in self.sampled_parts]
+            blocks, mask, lens_t = _decode_tensors(tables, lens, self.block_size, self.sliding_window, device)
+            rows = torch.arange(len(lens), dtype=torch.long, device=device)
+            self._sampled = AttentionMetadata(
+                positions=self.positions[self.logits_indices], slot_mapping=self.slot_mapping[self.logits_indices],
+                logits_indices=rows, chunks=[], decode_rows=rows if lens else None,
+                decode_blocks=blocks, decode_mask=mask, block_size=self.block_size, decode_lens=lens_t,
+                sliding_window=self.sliding_window)
+        return self._sampled
+
+
+def _decode_tensors(tables: list[list[int]], lens: list[int], block_size: int, sliding_window: int | None,
+                    device) -> tuple:
+    """Single-token queries' padded block tables ``[D, W]``, key mask ``[D, 1, 1, W * bs]`` and
+    key counts ``[D]`` (None with a sliding window); all None without queries."""
+    if not tables:
+        return None, None, None
+    width = max(len(t) for t in tables)
+    blocks = torch.tensor([t + [0] * (width - len(t)) for t in tables], dtype=torch.long)
+    key_pos = torch.arange(width * block_size)
+    lens_t = torch.tensor(lens)[:, None]
+    mask = key_pos[None, :] < lens_t
+    if sliding_window:
+        mask &= key_pos[None, :] >= lens_t - sliding_window
+    return (blocks.to(device), mask[:, None, None, :].to(device),
+            None if sliding_window else lens_t.view(-1).to(device))
 
 
 def build_attention_metadata(parts: list[PartSpec], block_size: int, device,
@@ -81,6 +119,7 @@ def build_attention_metadata(parts: list[PartSpec], block_size: int, device,
     dec_rows: list[int] = []
     dec_tables: list[list[int]] = []
     dec_lens: list[int] = []
+    sampled: list[tuple[list[int], int]] = []
     row = 0
     for part in parts:
         begin, end = part.start, part.start + part.num_tokens
@@ -114,22 +153,11 @@ def build_attention_metadata(parts: list[PartSpec], block_size: int, device,
             chunks.append((row, part.num_tokens, begin, blocks, mask))
         if part.needs_logits:
             logits_rows.append(row + part.num_tokens - 1)
+            sampled.append((table[:used], end))
         row += part.num_tokens
 
-    decode_rows = decode_blocks = decode_mask = decode_lens = None
-    if dec_rows:
-        width = max(len(t) for t in dec_tables)
-        decode_blocks = torch.tensor([t + [0] * (width - len(t)) for t in dec_tables], dtype=torch.long)
-        key_pos = torch.arange(width * block_size)
-        lens = torch.tensor(dec_lens)[:, None]
-        mask = key_pos[None, :] < lens
-        if sliding_window:
-            mask &= key_pos[None, :] >= lens - sliding_window
-        decode_rows = torch.tensor(dec_rows, dtype=torch.long, device=device)
-        decode_blocks = decode_blocks.to(device)
-        decode_mask = mask[:, None, None, :].to(device)
-        if not sliding_window:
-            decode_lens = lens.view(-1).to(device)
+    decode_blocks, decode_mask, decode_lens = _decode_tensors(dec_tables, dec_lens, block_size, sliding_window, device)
+    decode_rows = torch.tensor(dec_rows, dtype=torch.long, device=device) if dec_rows else None
     return AttentionMetadata(
         positions=torch.tensor(positions, dtype=torch.long, device=device),
         slot_mapping=torch.tensor(slot_mapping, dtype=torch.long, device=device),
@@ -140,4 +168,6 @@ def build_attention_metadata(parts: list[PartSpec], block_size: int, device,
         decode_mask=decode_mask,
         block_size=block_size,
         decode_lens=decode_lens,
+        sampled_parts=sampled,
+        sliding_window=sliding_window,
     )

@@ -62,8 +62,10 @@ class DecoderLayer(nn.Module):
         self.gate_up_proj = PackedLinear(h, 2 * arch.intermediate_size, bias=arch.mlp_bias)
         self.down_proj = PackedLinear(arch.intermediate_size, h, bias=arch.mlp_bias)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                meta: AttentionMetadata, k_pool: torch.Tensor, v_pool: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, meta: AttentionMetadata,
+                k_pool: torch.Tensor, v_pool: torch.Tensor, only_sampled: bool = False) -> torch.Tensor:
+        """``x [T, h]`` -> ``[T, h]``; with ``only_sampled`` (the model's last layer) every row
+        still writes its K/V, but only the rows in ``meta.logits_indices`` go on: ``[L, h]``."""
         a = self.arch
         qkv = self.qkv_proj(self.input_layernorm(x))
         # Q and K side by side as heads of one tensor: one rotary pass over both.
@@ -77,6 +79,11 @@ class DecoderLayer(nn.Module):
         v = qkv[:, a.q_size + a.kv_size:].view(-1, a.num_kv_heads, a.head_dim)
         k_pool.index_copy_(0, meta.slot_mapping, k)
         v_pool.index_copy_(0, meta.slot_mapping, v)
+        if only_sampled:
+            rows = meta.logits_indices
+            q, x, meta, k, v = q[rows], x[rows], meta.sampled_rows(), None, None
+            if not rows.numel():
+                return x
         attn = self._attention(q, meta, k_pool, v_pool, k, v)
         # Residuals and the gated activation accumulate into the fresh projection outputs
         # (fewer activation-sized allocations per layer; same sums).
@@ -146,6 +153,10 @@ class StageModel(nn.Module):
         self.arch, self.start, self.end = arch, start, end
         self.is_first = start == 0
         self.is_last = end == arch.num_layers
+        # The model's last layer carries on only the rows the LM head reads (all that later
+        # tokens need of the other rows there is their K/V); False keeps every row (an A/B run,
+        # the start-up probe, which fits full layers).
+        self.prune_last_layer = True
         self.embed_tokens = nn.Embedding(arch.vocab_size, arch.hidden_size) if self.is_first else None
         self.layers = nn.ModuleList(DecoderLayer(arch) for _ in range(start, end))
         self.norm = RMSNorm(arch.hidden_size, arch.rms_norm_eps) if self.is_last else None
@@ -187,8 +198,10 @@ class StageModel(nn.Module):
         x = self.embed_tokens(inputs) if self.is_first else inputs
         cos = self.rope_cos[meta.positions].to(x.dtype)[:, None, :]
         sin = self.rope_sin[meta.positions].to(x.dtype)[:, None, :]
+        prune = self.is_last and self.prune_last_layer and meta.logits_indices.numel() < x.shape[0]
+        last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
-            x = layer(x, cos, sin, meta, kv.k[i], kv.v[i])
+            x = layer(x, cos, sin, meta, kv.k[i], kv.v[i], prune and i == last)
         if not self.is_last:
             return x
-        return self.lm_head(self.norm(x[meta.logits_indices])).float()
+        return self.lm_head(self.norm(x if prune else x[meta.logits_indices])).float()

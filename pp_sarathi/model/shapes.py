@@ -34,7 +34,12 @@ def linear_params_per_layer(arch: ModelArch) -> int:
     """Weights of the four linear layers of one decoder layer: fused QKV, O, gate+up, down
     (biases left out: they are a rounding error in time and memory)."""
     h = arch.hidden_size
-    return h * (arch.q_size + 2 * arch.kv_size) + arch.q_size * h + 3 * h * arch.intermediate_size
+    return qkv_params_per_layer(arch) + arch.q_size * h + 3 * h * arch.intermediate_size
+
+
+def qkv_params_per_layer(arch: ModelArch) -> int:
+    """Weights of the fused QKV projection of one decoder layer."""
+    return arch.hidden_size * (arch.q_size + 2 * arch.kv_size)
 
 
 def params_per_layer(arch: ModelArch) -> int:

@@ -47,6 +47,10 @@ def probe(executor: StageExecutor, max_len: int, repeats: int = PROBE_REPEATS) -
     layers = len(executor.model.layers)
     cuda = executor.device.type == "cuda"
     rows = []
+    # The fit models full layers (a first, not last, stage); at pp=1 stage 0 also holds the
+    # model's last layer, which would skip work for the probe's unsampled rows.
+    model = executor.model
+    prune, model.prune_last_layer = model.prune_last_layer, False
     with torch.inference_mode():
         for prefills, decodes in probe_shapes(max_len):
             parts = _parts(prefills, decodes, kv.block_size, kv.num_blocks)
@@ -59,6 +63,7 @@ def probe(executor: StageExecutor, max_len: int, repeats: int = PROBE_REPEATS) -
                 if r:  # the first call warms up
                     times.append(time.perf_counter() - t0)
             rows.append((BatchShape.of(prefills, decodes, 0), layers, statistics.median(times)))
+    model.prune_last_layer = prune
     return rows
 
 
