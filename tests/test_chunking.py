@@ -233,8 +233,8 @@ def test_hybrid_batch_equals_separate_parts(layout, hf_checkpoint, dtype):
     total = sum(p.num_tokens for _, p, _ in parts)
     need = sum(p.needs_logits for _, p, _ in parts)
     # Each linear of each layer ran exactly once, over all tokens of the batch, except in the
-    # model's last layer: after its QKV projection (every row's K/V is cached) only the rows
-    # that reach the LM head go on. The LM head once, over one row per part that needs logits.
+    # model's last layer (this stage holds the whole model): after its QKV projection (every
+    # row's K/V is cached) only the rows that reach the LM head go on. The LM head once, over one row per part that needs logits.
     last = f"layers.{model.arch.num_layers - 1}."
     assert sorted(name for name, _ in calls) == sorted(counter.names)
     for name, rows in calls:
@@ -304,6 +304,24 @@ def test_last_layer_on_sampled_rows_alone_equals_all_rows(stage_model, dtype, in
             err = (pruned - full).abs().max().item()
             assert err <= tol(dtype, full), f"pruned vs full logits differ by {err}"
         assert torch.equal(kv.k, kv_full.k) and torch.equal(kv.v, kv_full.v)
+
+
+def test_a_pipelines_last_stage_keeps_every_row(hf_checkpoint):
+    """Only a stage holding the whole model carries its last layer on for the sampled rows
+    alone; a pipeline's last stage runs every row through every layer (model/llama.py)."""
+    path = hf_checkpoint("llama")[0]
+    n = _num_layers(path)
+    model = load_stage(path, 1, n)
+    kv = new_cache(model)
+    specs = [PartSpec(0, 6, table(0), True), PartSpec(0, 5, table(1), False)]
+    counter = LinearCounter(model)
+    try:
+        meta = build_attention_metadata(specs, BLOCK, "cpu", model.arch.sliding_window)
+        out = model(torch.randn(11, model.arch.hidden_size), meta, kv)
+    finally:
+        counter.close()
+    assert out.shape == (1, model.arch.vocab_size)
+    assert sorted(counter.calls) == sorted((name, 1 if name == "lm_head" else 11) for name in counter.names)
 
 
 def test_executor_hybrid_step_samples_like_separate_steps(hf_checkpoint):

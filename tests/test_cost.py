@@ -133,10 +133,12 @@ def test_last_layer_saving_by_hand():
     # Only a non-final chunk: nothing goes on after QKV.
     mid = BatchShape.of([(3, 2)], [], num_sampled=0)
     assert m.last_layer_saving(mid) == pytest.approx(after_qkv * m.linear(3) + m.attn_prefill(3, 2))
-    # Every row sampled (decodes only): nothing skipped; only the last stage saves.
+    # Every row sampled (decodes only): nothing skipped; only a stage holding the whole model
+    # saves (in a pipeline the last stage would idle for it: model/llama.py).
     assert m.last_layer_saving(BatchShape.of([], [5, 7])) == 0.0
-    assert m.stage_seconds(b, 2) - m.stage_seconds(b, 2, last=True) == pytest.approx(
+    assert m.stage_seconds(b, 2, first=True) - m.stage_seconds(b, 2, first=True, last=True) == pytest.approx(
         m.last_layer_saving(b) - m.lm_head(2) - m.sample(2))
+    assert m.stage_seconds(b, 2, last=True) - m.stage_seconds(b, 2) == pytest.approx(m.lm_head(2) + m.sample(2))
 
 
 def test_kv_capacity_by_hand():

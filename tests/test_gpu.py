@@ -99,12 +99,19 @@ def test_roofline_by_hand():
     lin = linear_params_per_layer(arch)
     assert lin == 8 * (8 + 2 * 4) + 8 * 8 + 3 * 8 * 16
     # One chunk of 3 over 2 cached (keys 3+4+5 = 12 attended, 5 read) and one decode with
-    # context 5 (4 cached + its own token: 5 keys).
+    # context 5 (4 cached + its own token: 5 keys); both sampled.
     shape = BatchShape.of([(3, 2)], [5])
-    flops, nbytes = batch_flops_bytes(arch, shape, 2)
+    flops, nbytes = batch_flops_bytes(arch, shape, 2, with_head=False)
     T, L, d = 4, 2, 4
-    assert flops == 2 * lin * T * L + 2 * 100 * 8 * 2 + 4 * 2 * d * (12 + 5) * L
+    assert flops == 2 * lin * T * L + 4 * 2 * d * (12 + 5) * L
     kv_tok = 2 * 1 * d
+    assert nbytes == 2 * (L * (lin + 16) + T * 8 + L * kv_tok * ((5 + 5) + T))
+    # With the LM head the last layer runs QKV (8 x 16 weights) over all 4 rows, the rest over
+    # the 2 sampled ones, which attend to 5 keys each (the chunk's last token and the decode).
+    flops, nbytes = batch_flops_bytes(arch, shape, 2)
+    qkv = 8 * 16
+    assert flops == (2 * lin * T + 4 * 2 * d * (12 + 5) + 2 * qkv * T + 2 * (lin - qkv) * 2 + 4 * 2 * d * (5 + 5)
+                     + 2 * 100 * 8 * 2)
     assert nbytes == 2 * (L * (lin + 16) + 100 * 8 + 8 + T * 8 + L * kv_tok * ((5 + 5) + T))
     rl = roofline(arch, shape, 2, peak_flops=flops / 2, bandwidth=nbytes)  # compute 2 s, memory 1 s
     assert rl.bound_s == pytest.approx(2.0) and rl.limiter == "compute"

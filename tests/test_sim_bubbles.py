@@ -28,9 +28,7 @@ def imbalanced(scheduler: str, pp: int) -> RunConfig:
 @pytest.mark.parametrize("pp", [2, 4])
 def test_sarathi_has_less_stage_bubble_than_orca_on_an_imbalanced_workload(pp):
     res = {name: summarize(run_simulation(imbalanced(name, pp))) for name in ("orca", "sarathi")}
-    # The busiest stage's bubble is what the schedule leaves: the last stage also idles for the
-    # work the model's last layer skips (rows that reach no LM head), whatever the schedule.
-    frac = {name: min(s["bubble_fraction"] for s in r["stages"]) for name, r in res.items()}
+    frac = {name: max(s["bubble_fraction"] for s in r["stages"]) for name, r in res.items()}
     assert frac["orca"] > 0.10, frac  # the workload is imbalanced for Orca
     assert frac["sarathi"] < 0.75 * frac["orca"], frac
     assert res["sarathi"]["wall_s"] < 0.9 * res["orca"]["wall_s"]

@@ -8,6 +8,9 @@ FLOPs = 2 * (linear parameters touched) * tokens  (QKV, O, gate/up, down of ever
 Bytes = every weight read once (linear, norms, LM head, the embedding rows used)
       + the K/V each part attends to, read once per layer (a chunk reads s + n keys, a decode c)
       + the new tokens' K/V written once per layer.
+On a stage holding the whole model (embedding and LM head), its last layer counts as it runs
+(model/llama.py): QKV and the K/V writes for every token, everything after only for the sampled
+rows, each attending to its whole context as a decode does.
 
 The batch is a :class:`pp_sarathi.cost.BatchShape`, the one the simulator's cost model takes.
 Activations are not counted (they are small next to weights and KV at these shapes and could in
@@ -22,7 +25,7 @@ from dataclasses import asdict, dataclass
 
 from ..cost.shape import BatchShape
 from ..model.arch import ModelArch
-from ..model.shapes import embedding_params, kv_elems_per_token, linear_params_per_layer
+from ..model.shapes import embedding_params, kv_elems_per_token, linear_params_per_layer, qkv_params_per_layer
 
 
 @dataclass
@@ -56,10 +59,16 @@ def batch_flops_bytes(arch: ModelArch, shape: BatchShape, elem_bytes: int,
     # Keys attended (FLOPs) and keys read (bytes).
     keys_attended = sum(n * s + n * (n + 1) // 2 for n, s in shape.prefills) + sum(shape.decode_ctx)
     keys_read = sum(s + n for n, s in shape.prefills) + sum(shape.decode_ctx)
-    flops = 2.0 * lin * T * L + 2.0 * head * rows + 4.0 * arch.num_heads * arch.head_dim * keys_attended * L
+    attn = 4.0 * arch.num_heads * arch.head_dim  # FLOPs per query-key pair
     kv_tok = kv_elems_per_token(arch)  # K and V elements per token per layer
+    full = L - 1 if with_embed and with_head and L and rows < T else L  # layers over every row
+    flops = 2.0 * lin * T * full + attn * keys_attended * full + 2.0 * head * rows
+    kv_elems = full * kv_tok * (keys_read + T)
+    if full < L:  # the model's last layer
+        qkv = qkv_params_per_layer(arch)
+        flops += 2.0 * qkv * T + 2.0 * (lin - qkv) * rows + attn * sum(shape.sampled_ctx)
+        kv_elems += kv_tok * (sum(shape.sampled_ctx) + T)
     weight_elems = L * (lin + 2 * h) + (head + h if with_head else 0) + (T * h if with_embed else 0)
-    kv_elems = L * kv_tok * (keys_read + T)
     return flops, float(elem_bytes) * (weight_elems + kv_elems)
 
 

@@ -151,7 +151,7 @@ class ProfileCosts(CostModel):
             t += self.embed(b.num_tokens)
         if kind in ("last", "only") and b.num_sampled:
             t += self.lm_head(b.num_sampled) + self.sample(b.num_sampled)
-        if kind in ("last", "only") and layers:
+        if kind == "only" and layers:
             t -= self.last_layer_saving(b)
         return t
 

@@ -116,9 +116,9 @@ class PlanCost:
             over = c.overhead(nd + len(prefills), tokens)
             t0 = first * per_layer + over + c.embed(tokens)
             head = c.lm_head(sampled) + c.sample(sampled) if sampled else 0.0
-            if sampled < tokens:
-                head -= c.last_layer_saving(BatchShape.of(prefills, decode_ctx, sampled))
             if n == 1:
+                if sampled < tokens:
+                    head -= c.last_layer_saving(BatchShape.of(prefills, decode_ctx, sampled))
                 return self.scale * (t0 + head)
             tl = last * per_layer + over + head
             best = t0 if t0 > tl else tl

@@ -11,8 +11,8 @@ executes (pp_sarathi/model/llama.py):
               + 2 * allreduce(T*h)     only with tensor parallelism
     stage:      layers * per layer + overhead(parts, T)
               + embed(T) on the first stage + lm_head(L) + sample(L) on the last (L = sampled rows)
-              - what the model's last layer skips, on the last stage: after QKV only the L
-                sampled rows go on, each attending as a decode (last_layer_saving)
+              - what the model's last layer skips, on a stage holding the whole model: after QKV
+                only the L sampled rows go on, each attending as a decode (last_layer_saving)
     transport:  hop s -> s+1, return to rank 0; with a measured transport also the time a stage
                 is busy sending and taking in data that has already arrived
 
@@ -119,11 +119,11 @@ class CostModel:
         return c
 
     def last_layer_saving(self, b: BatchShape) -> float:
-        """Seconds the model's last layer does not spend on ``b`` (model/llama.py): rows that
-        reach no LM head stop once their K/V are cached, so the projections after QKV run over
-        the sampled rows alone, and only those rows attend, each as a decode does. The norms,
-        rotary and KV writes are costed as before. Without an architecture (a hand-made
-        model) nothing is known to be skipped."""
+        """Seconds the model's last layer does not spend on ``b`` on a stage that holds the
+        whole model (model/llama.py): rows that reach no LM head stop once their K/V are cached,
+        so the projections after QKV run over the sampled rows alone, and only those rows
+        attend, each as a decode does. The norms, rotary and KV writes are costed as before.
+        Without an architecture (a hand-made model) nothing is known to be skipped."""
         rows, total = b.num_sampled, b.num_tokens
         if rows >= total or self.arch is None:
             return 0.0
@@ -140,7 +140,7 @@ class CostModel:
             t += self.embed(b.num_tokens)
         if last and b.num_sampled:
             t += self.lm_head(b.num_sampled) + self.sample(b.num_sampled)
-        if last and num_layers:
+        if first and last and num_layers:
             t -= self.last_layer_saving(b)
         return t
 

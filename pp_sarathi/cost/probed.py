@@ -114,9 +114,9 @@ class ProbedCosts(CostModel):
         return model
 
     def features(self, shape: BatchShape, layers: int, last: bool = False) -> list[float]:
-        """:func:`step_features` plus, on the last stage, the LM head over the sampled rows
-        less what the model's last layer skips (linear in the coefficients like the rest: each
-        feature is that saving with its coefficient alone set to 1)."""
+        """:func:`step_features` plus, with ``last`` (a single-stage pipeline), the LM head over
+        the sampled rows less what the model's last layer skips (linear in the coefficients
+        like the rest: each feature is that saving with its coefficient alone set to 1)."""
         f = step_features(shape, layers)
         if last and shape.num_sampled:
             f[0] += self._head_ratio

@@ -153,9 +153,11 @@ class StageModel(nn.Module):
         self.arch, self.start, self.end = arch, start, end
         self.is_first = start == 0
         self.is_last = end == arch.num_layers
-        # The model's last layer carries on only the rows the LM head reads (all that later
-        # tokens need of the other rows there is their K/V); False keeps every row (an A/B run,
-        # the start-up probe, which fits full layers).
+        # A stage holding the whole model carries its last layer on only for the rows the LM
+        # head reads (all that later tokens need of the other rows there is their K/V). In a
+        # pipeline that would leave the last stage idle for what it saves: stages of whole
+        # layers cannot hand that time to the others (docs/benchmarks.md, issue 16, section 8).
+        # False keeps every row (an A/B run; the start-up probe, which fits full layers).
         self.prune_last_layer = True
         self.embed_tokens = nn.Embedding(arch.vocab_size, arch.hidden_size) if self.is_first else None
         self.layers = nn.ModuleList(DecoderLayer(arch) for _ in range(start, end))
@@ -198,7 +200,8 @@ class StageModel(nn.Module):
         x = self.embed_tokens(inputs) if self.is_first else inputs
         cos = self.rope_cos[meta.positions].to(x.dtype)[:, None, :]
         sin = self.rope_sin[meta.positions].to(x.dtype)[:, None, :]
-        prune = self.is_last and self.prune_last_layer and meta.logits_indices.numel() < x.shape[0]
+        prune = (self.is_first and self.is_last and self.prune_last_layer
+                 and meta.logits_indices.numel() < x.shape[0])
         last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
             x = layer(x, cos, sin, meta, kv.k[i], kv.v[i], prune and i == last)

@@ -24,12 +24,11 @@ def reference_shape(sched: SchedulerConfig, pp: int, max_len: int) -> BatchShape
 
 
 def _layer_costs(arch: ModelArch, cost: StageTimePredictor, ref: BatchShape) -> tuple[list[float], float, float]:
-    """Predicted seconds of each layer, the first stage's and the last stage's extra work (the
-    LM head, less what the model's last layer skips: it may be negative)."""
+    """Predicted seconds of each layer, the first stage's and the last stage's extra work."""
     bare = cost.stage_seconds(ref, 0)
     layer = cost.layer_time(ref) if isinstance(cost, CostModel) else cost.stage_seconds(ref, 1) - bare
     first = cost.stage_seconds(ref, 0, first=True) - bare
-    last = cost.stage_seconds(ref, 1, last=True) - cost.stage_seconds(ref, 1)
+    last = cost.stage_seconds(ref, 0, last=True) - bare
     return [layer] * arch.num_layers, first, last
 
 
