@@ -1,14 +1,20 @@
 #!/usr/bin/env python
-"""Attention on the CPU: the in-place paged kernels (model/cpu_attention.py: decodes and prefill
-chunks) against the gather + SDPA path, in whole forward passes of the embedded default model.
+"""Whole forward passes of the embedded default model with one switch of the model on and off:
+
+* ``--switch attention``: the in-place paged CPU attention kernels (model/cpu_attention.py:
+  decodes and prefill chunks) against the gather + SDPA path;
+* ``--switch last_layer``: the last layer carried on for the sampled rows alone (model/llama.py,
+  a stage holding the whole model) against every row through it. Each case with prefill chunks
+  is timed once with them sampled (final chunks) and once not (middle chunks).
 
 Each case is one batch through the real StageModel / KVCache / build_attention_metadata path,
-timed with the kernels on and off in alternating order, round after round, in one process (load
+timed with the switch on and off in alternating order, round after round, in one process (load
 changes hit both alike); figures are medians. The first forward of each case checks that both
-paths give the same greedy tokens and prints the largest logit difference.
+ways give the same greedy tokens and prints the largest logit difference.
 
-    .venv/bin/python scripts/bench_cpu_attention.py                 # 1 thread
-    .venv/bin/python scripts/bench_cpu_attention.py --threads 2 --rounds 9
+    .venv/bin/python scripts/bench_forward_ab.py                 # attention, 1 thread
+    .venv/bin/python scripts/bench_forward_ab.py --threads 2 --rounds 9
+    .venv/bin/python scripts/bench_forward_ab.py --switch last_layer --threads 1
 """
 from __future__ import annotations
 
@@ -44,12 +50,14 @@ CASES = [
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--switch", choices=["attention", "last_layer"], default="attention")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--rounds", type=int, default=7)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     if not cpu_attention.applies(torch.zeros(1, 16, 64), torch.zeros(16, 4, 64)):
         raise SystemExit("the CPU attention kernels cannot be built here (no C compiler?)")
+    labels = {"attention": ("gather + SDPA", "in-place kernel"), "last_layer": ("every row", "sampled rows")}[args.switch]
     src = resolve_checkpoint(ModelConfig())
     arch = src.arch
     model = load_stage(src.path, 0, arch.num_layers, arch=arch)
@@ -66,13 +74,23 @@ def main() -> int:
         next_block += len(t)
         return t
 
+    def switch(on: bool) -> None:
+        if args.switch == "attention":
+            cpu_attention.ENABLED = on
+        else:
+            model.prune_last_layer = on
+
     batches = []
+    finals = (True,) if args.switch == "attention" else (True, False)
     for name, chunks, decodes in CASES:
-        parts = [PartSpec(start, n, table(start + n), True) for start, n in chunks]
-        parts += [PartSpec(ctx - 1, 1, table(ctx), True) for ctx in decodes]
-        meta = build_attention_metadata(parts, BLOCK, "cpu")
-        ids = torch.randint(0, arch.vocab_size, (meta.num_tokens,), generator=gen)
-        batches.append((name, ids, meta))
+        tables = [table(start + n) for start, n in chunks] + [table(ctx) for ctx in decodes]
+        for final in finals if chunks else (True,):  # both variants write the same slots
+            parts = [PartSpec(start, n, t, final) for (start, n), t in zip(chunks, tables)]
+            parts += [PartSpec(ctx - 1, 1, t, True) for ctx, t in zip(decodes, tables[len(chunks):])]
+            meta = build_attention_metadata(parts, BLOCK, "cpu")
+            ids = torch.randint(0, arch.vocab_size, (meta.num_tokens,), generator=gen)
+            label = name if len(finals) == 1 or not chunks else f"{name}, {'final' if final else 'middle'} chunk"
+            batches.append((label, ids, meta))
 
     print(machine_note(), f"torch {torch.__version__}, {args.threads} thread(s)", flush=True)
     times: dict[tuple[str, bool], list[float]] = {}
@@ -80,21 +98,22 @@ def main() -> int:
         for name, ids, meta in batches:
             out = {}
             for on in (True, False):
-                cpu_attention.ENABLED = on
+                switch(on)
                 out[on] = model(ids, meta, kv)
-            same = bool((out[True].argmax(-1) == out[False].argmax(-1)).all())
-            diff = (out[True] - out[False]).abs().max().item()
-            print(f"{name}: greedy tokens {'identical' if same else 'DIFFER'}, max |logit diff| {diff:.1e}")
+            if out[True].numel():
+                same = bool((out[True].argmax(-1) == out[False].argmax(-1)).all())
+                diff = (out[True] - out[False]).abs().max().item()
+                print(f"{name}: greedy tokens {'identical' if same else 'DIFFER'}, max |logit diff| {diff:.1e}")
         for r in range(args.rounds):
             for on in ((True, False) if r % 2 == 0 else (False, True)):
-                cpu_attention.ENABLED = on
+                switch(on)
                 for name, ids, meta in batches:
                     t0 = time.perf_counter()
                     model(ids, meta, kv)
                     times.setdefault((name, on), []).append(time.perf_counter() - t0)
-    cpu_attention.ENABLED = True
-    print(f"\nmedian of {args.rounds} forwards, load average now {os.getloadavg()[0]:.2f}\n")
-    print("| batch | gather + SDPA ms | in-place kernel ms | speedup |")
+    switch(True)
+    print(f"\n{args.switch}: median of {args.rounds} forwards, load average now {os.getloadavg()[0]:.2f}\n")
+    print(f"| batch | {labels[0]} ms | {labels[1]} ms | speedup |")
     print("|---|---|---|---|")
     for name, _, _ in batches:
         off = statistics.median(times[(name, False)]) * 1e3
