@@ -324,6 +324,25 @@ def test_a_pipelines_last_stage_keeps_every_row(hf_checkpoint):
     assert sorted(counter.calls) == sorted((name, 1 if name == "lm_head" else 11) for name in counter.names)
 
 
+def test_the_start_up_probe_times_full_layers(hf_checkpoint):
+    """The probe's fit models full layers: at pp=1 it runs the last layer over every row too,
+    and leaves the model pruning afterwards."""
+    from pp_sarathi.runtime.calibrate import probe
+
+    path = hf_checkpoint("llama")[0]
+    model = load(path)
+    ex = StageExecutor(model, new_cache(model), Sampler(SamplingConfig()))
+    counter = LinearCounter(model)
+    try:
+        rows = probe(ex, model.arch.max_position_embeddings, repeats=1)
+    finally:
+        counter.close()
+    assert rows and model.prune_last_layer
+    last = f"layers.{model.arch.num_layers - 1}."
+    seen = [r for name, r in counter.calls if name == last + "qkv_proj"]
+    assert seen and [r for name, r in counter.calls if name == last + "down_proj"] == seen
+
+
 def test_executor_hybrid_step_samples_like_separate_steps(hf_checkpoint):
     """Through StageExecutor + Sampler (the runtime path): same tokens and logprobs."""
     path = hf_checkpoint("qwen2")[0]

@@ -51,19 +51,21 @@ def probe(executor: StageExecutor, max_len: int, repeats: int = PROBE_REPEATS) -
     # model's last layer, which would skip work for the probe's unsampled rows.
     model = executor.model
     prune, model.prune_last_layer = model.prune_last_layer, False
-    with torch.inference_mode():
-        for prefills, decodes in probe_shapes(max_len):
-            parts = _parts(prefills, decodes, kv.block_size, kv.num_blocks)
-            times = []
-            for r in range(repeats + 1):
-                t0 = time.perf_counter()
-                executor.step(parts)
-                if cuda:
-                    torch.cuda.synchronize(executor.device)
-                if r:  # the first call warms up
-                    times.append(time.perf_counter() - t0)
-            rows.append((BatchShape.of(prefills, decodes, 0), layers, statistics.median(times)))
-    model.prune_last_layer = prune
+    try:
+        with torch.inference_mode():
+            for prefills, decodes in probe_shapes(max_len):
+                parts = _parts(prefills, decodes, kv.block_size, kv.num_blocks)
+                times = []
+                for r in range(repeats + 1):
+                    t0 = time.perf_counter()
+                    executor.step(parts)
+                    if cuda:
+                        torch.cuda.synchronize(executor.device)
+                    if r:  # the first call warms up
+                        times.append(time.perf_counter() - t0)
+                rows.append((BatchShape.of(prefills, decodes, 0), layers, statistics.median(times)))
+    finally:
+        model.prune_last_layer = prune
     return rows
 
 
