@@ -146,14 +146,10 @@ class ProfileCosts(CostModel):
             self.misc_source = "layer"
 
     def _stage_without_misc(self, b: BatchShape, layers: int, kind: str) -> float:
-        t = layers * (self.linear(b.num_tokens) + self.attention(b)) + self.overhead(b.num_parts, b.num_tokens)
-        if kind in ("first", "only"):
-            t += self.embed(b.num_tokens)
-        if kind in ("last", "only") and b.num_sampled:
-            t += self.lm_head(b.num_sampled) + self.sample(b.num_sampled)
-        if kind == "only" and layers:
-            t -= self.last_layer_saving(b)
-        return t
+        """The composed stage step (:meth:`CostModel._stage`) with every op but ``misc``."""
+        return self._stage(b, layers, self.linear(b.num_tokens) + self.attention(b),
+                           self.overhead(b.num_parts, b.num_tokens), kind in ("first", "only"),
+                           kind in ("last", "only"))
 
     def stage_step(self, b: BatchShape, layers: int, kind: str) -> float:
         """A whole stage step as the misc fit sees it (``kind``: first, middle, last, only)."""
