@@ -9,7 +9,7 @@ import pytest
 from pp_sarathi.config import SchedulerConfig
 from pp_sarathi.cost import CostModel, PlanCost
 from pp_sarathi.scheduler import BlockManager, SampleResult, make_scheduler
-from pp_sarathi.scheduler.planner import TargetRule, largest_fit
+from pp_sarathi.scheduler.planner import TargetRule, decodes_to_take, largest_fit
 from test_scheduler import FakePipeline, reference, req
 
 
@@ -33,9 +33,9 @@ class ToyCost(CostModel):
 
 
 def make(*, chunk=64, batch=8, tile=1, pp=1, num_blocks=4096, block_size=4, max_len=1024,
-         target_ms=None, layers=None):
+         target_ms=None, layers=None, chunks_in_flight=False):
     cfg = SchedulerConfig(name="sarathi_uniform", chunk_size=chunk, max_batch_size=batch, tile_size=tile,
-                          target_ms=target_ms)
+                          target_ms=target_ms, chunks_in_flight=chunks_in_flight)
     cost = PlanCost(ToyCost(), layers or [4] * pp)
     return make_scheduler(cfg, BlockManager(num_blocks, block_size), max_len, pp, (0,), False, cost)
 
@@ -127,6 +127,57 @@ def test_no_spare_part_aligns_the_last_chunk_instead():
     assert [(x.seq_index, x.num_tokens) for x in p2.parts] == [(0, 1), (1, 1), (2, 6)]
 
 
+def test_a_prompt_s_next_chunk_follows_while_its_earlier_chunk_is_in_flight():
+    """With ``chunks_in_flight`` (stages run micro-batches in order) a prompt's next chunk may
+    go into the next micro-batch before the earlier one is back; a sampled part (the prompt's
+    last chunk) is never followed. Without it, or under sarathi, each chunk is waited for."""
+    s = make(target_ms=18.0, pp=2, chunk=64, chunks_in_flight=True)
+    s.add_requests([req(0, 300, 4)])
+    p1, p2 = s.schedule(0.0), s.schedule(0.0)
+    assert [(x.seq_index, x.start) for x in p2.parts] == [(0, p1.num_tokens)]
+    assert s.seqs[0].in_flight == 2 and s.seqs[0].num_computed == 0
+    plans = [p1, p2]
+    while not plans[-1].parts[-1].sample:
+        plans.append(s.schedule(0.0))
+    assert s.schedule(0.0) is None, "nothing follows the prompt's sampled last chunk"
+    assert sum(p.num_tokens for p in plans) == 300
+    for i, p in enumerate(plans):
+        _done(s, p, 1.0 + i)
+    assert s.seqs[0].num_computed == 300 and not s.seqs[0].in_flight
+    assert len(s.seqs[0].output_token_ids) == 1
+
+    for waits in (make(target_ms=18.0, pp=2, chunk=64),
+                  make_scheduler(SchedulerConfig(name="sarathi", chunk_size=64), BlockManager(4096, 4), 1024, 2)):
+        waits.add_requests([req(0, 300, 4)])
+        assert waits.schedule(0.0) is not None and waits.schedule(0.0) is None
+    follows = make_scheduler(SchedulerConfig(name="sarathi", chunk_size=64, chunks_in_flight=True),
+                             BlockManager(4096, 4), 1024, 2)
+    follows.add_requests([req(0, 300, 4)])
+    assert [x.start for x in follows.schedule(0.0).parts + follows.schedule(0.0).parts] == [0, 64]
+
+
+def test_decodes_leave_a_request_slot_for_prompt_work():
+    """A pipeline slot whose requests all decode would fill its request cap with decodes alone
+    while prompts wait; one decode waits for the next micro-batch instead, so a prompt chunk
+    joins. With no prompt work, or more decodes than the other slots can take, none waits."""
+    s = make(target_ms=18.0, batch=8, pp=2, chunk=64)  # 4 requests per micro-batch
+    s.add_requests([req(i, 5, 6) for i in range(4)] + [req(4, 90, 3, arrival=1.0)])
+    _done(s, s.schedule(0.0), 1.0)
+    assert len(decodes_to_take(s)) == 4, "no prompt has arrived yet"
+    p = s.schedule(1.0)
+    assert [x.is_prefill for x in p.parts] == [False, False, False, True]
+    held = s.seqs[3]
+    assert not held.in_flight and s.schedule(1.0).parts[0].seq_index == held.index
+
+    s = make(target_ms=18.0, batch=6, pp=2, chunk=64)  # 3 per micro-batch, 1 more admissible
+    s.add_requests([req(i, 5, 6) for i in range(5)] + [req(5, 90, 3, arrival=1.0)])
+    _done(s, s.schedule(0.0), 1.0)  # 3 + the part past the cap: 4 decoding
+    _done(s, s.schedule(0.0), 1.0)  # the fifth
+    s.admit_arrivals(1.0)
+    assert len(s.running) == 5 and s.waiting
+    assert len(decodes_to_take(s)) == 3, "5 decodes over 2 slots: 3 here, not the cap's 2"
+
+
 @pytest.mark.parametrize("pp,batch", [(4, 4), (2, 2), (2, 5), (3, 9)])
 def test_the_extra_part_never_leaves_a_pipeline_slot_without_work(pp, batch):
     """Where the other micro-batches in flight could hold every admitted request with the extra
@@ -146,12 +197,13 @@ def test_the_extra_part_never_leaves_a_pipeline_slot_without_work(pp, batch):
     assert not starved
 
 
+@pytest.mark.parametrize("overlap", [False, True])
 @pytest.mark.parametrize("pp,tile", [(1, 1), (2, 1), (2, 8), (4, 4)])
-def test_lossless_and_near_target(pp, tile):
+def test_lossless_and_near_target(pp, tile, overlap):
     """Outputs equal unbatched generation; every micro-batch the target cut short (its last
     part a prompt chunk with tokens left, the request cap not reached) is within one tile's
     time of its target."""
-    s = make(pp=pp, tile=tile, batch=8, chunk=48)
+    s = make(pp=pp, tile=tile, batch=max(8, 4 * pp), chunk=48, chunks_in_flight=overlap)
     reqs = [req(i, 20 + 13 * i % 90, 2 + i % 7, arrival=0.3 * i) for i in range(24)]
     s.add_requests(reqs)
     near = []
@@ -167,6 +219,7 @@ def test_lossless_and_near_target(pp, tile):
     pipe.run()
     for r in reqs:
         assert s.seqs[r.index].output_token_ids == reference(r, 1024, (0,))
+    assert (pipe.overlaps > 0) == (overlap and pp > 1), "a prompt's chunks in two micro-batches in flight"
     assert len(near) >= 3, "few micro-batches were filled to their target"
     assert all(abs(x - 1) <= tol for x, tol in near), sorted(near)[:3] + sorted(near)[-3:]
 
@@ -188,8 +241,8 @@ class _Seq:
         self.prompt_len = prompt
 
     num_tokens = property(lambda s: len(s.request.prompt_token_ids) + len(s.output_token_ids))
-    num_uncomputed = property(lambda s: s.num_tokens - s.num_computed)
-    is_prefill = property(lambda s: not s.output_token_ids or s.num_uncomputed > 1)
+    num_unscheduled = property(lambda s: s.num_tokens - s.num_computed)
+    is_prefill = property(lambda s: not s.output_token_ids or s.num_unscheduled > 1)
 
 
 def test_target_adapts_to_queue_and_decodes():
@@ -226,7 +279,8 @@ def test_matches_hf_pp1(hf_checkpoint, workload_file, run_config):
     assert any(b.target_s for b in out.batches)
 
 
-def test_matches_hf_pp2(hf_checkpoint, workload_file, run_config, tmp_path):
+@pytest.mark.parametrize("overlap", [False, True])
+def test_matches_hf_pp2(hf_checkpoint, workload_file, run_config, tmp_path, overlap):
     from conftest import make_requests, random_prompts, run_pipeline
     from test_model_reference import assert_matches_hf, hf_greedy
 
@@ -235,12 +289,17 @@ def test_matches_hf_pp2(hf_checkpoint, workload_file, run_config, tmp_path):
     max_tokens = [7, 4, 9, 5, 6]
     cfg = run_config(path, workload_file(make_requests(prompts, max_tokens)), scheduler="sarathi_uniform",
                      chunk_size=16, logprobs=2)
+    cfg.scheduler.chunks_in_flight = overlap
     out = run_pipeline(cfg, 2, tmp_path)
     assert out.error is None
     for seq, prompt, n in zip(out.sequences, prompts, max_tokens):
         hf_tokens, hf_logits = hf_greedy(hf_model, prompt, n)
         assert_matches_hf(seq, hf_tokens, hf_logits, 2)
     assert out.predictor and out.predictor["source"] == "probe" and out.predictor["observations"] > 0
+    # With chunks_in_flight, a prompt's chunk planned while its earlier chunk was still in the
+    # pipeline: the stages' order is what keeps that token-exact.
+    assert overlap == any(set(a.request_indices) & set(b.request_indices) and b.scheduled_at < a.done_at
+                          for a, b in zip(out.batches, out.batches[1:]))
 
 
 # ---- the simulator: the same planner class at pp 4 and 8 -----------------------------------

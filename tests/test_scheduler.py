@@ -23,8 +23,9 @@ EOS = 0
 
 
 def make(policy, *, chunk=16, batch=8, tile=1, pp=1, num_blocks=4096, block_size=4, max_len=512,
-         eos=(EOS,), ignore_eos=False):
-    cfg = SchedulerConfig(name=policy, chunk_size=chunk, max_batch_size=batch, tile_size=tile)
+         eos=(EOS,), ignore_eos=False, chunks_in_flight=False):
+    cfg = SchedulerConfig(name=policy, chunk_size=chunk, max_batch_size=batch, tile_size=tile,
+                          chunks_in_flight=chunks_in_flight)
     return make_scheduler(cfg, BlockManager(num_blocks, block_size), max_len, pp, eos, ignore_eos)
 
 
@@ -74,6 +75,7 @@ class FakePipeline:
         self.now = 0.0
         self.max_running = 0
         self.recomputes = 0  # parts that restart a preempted request at position 0
+        self.overlaps = 0  # parts planned while the same request's earlier chunk was in flight
 
     def _slot(self, table, pos):
         bs = self.s.blocks.block_size
@@ -98,12 +100,21 @@ class FakePipeline:
         if len(ids) > s.per_batch_cap:  # a policy's top-up part beyond the cap
             assert len(ids) <= s.per_batch_cap + s.parts_past_cap, ids
             assert plan.parts[-2].is_prefill and plan.parts[-2].sample and plan.parts[-1].is_prefill
-        busy = {p.seq_index for q, _ in self.inflight for p in q.parts}
-        assert not busy & set(ids), "a request in two in-flight micro-batches"
+        # A request's earlier part may still be in flight only where the policy lets a prompt's
+        # next chunk follow its earlier one, and never after a sampled part.
+        ends = {}
+        for q, _ in self.inflight:
+            for p in q.parts:
+                if p.seq_index in ids:
+                    assert s.chunks_in_flight and not p.sample, "a request in two in-flight micro-batches"
+                    ends[p.seq_index] = p.start + p.num_tokens
+        self.overlaps += len(ends)
         for p in plan.parts:
             seq = s.seqs[p.seq_index]
             assert seq.status is SeqStatus.RUNNING
-            assert p.start == seq.num_computed, "a part must start at the first uncomputed token"
+            assert p.start == ends.get(p.seq_index, seq.num_computed), \
+                "a part must start where the request's computed or in-flight tokens end"
+            assert seq.num_scheduled == p.start + p.num_tokens
             assert p.num_tokens >= 1
             assert len(p.block_table) >= s.blocks.blocks_for(p.start + p.num_tokens)
             assert p.sample == (p.start + p.num_tokens == seq.num_tokens)
@@ -484,19 +495,23 @@ def test_unknown_policy():
     dict(pp=2, num_blocks=96, chunk=12, batch=5, block_size=1, tile=4),
     dict(pp=4, num_blocks=12, chunk=32, batch=3, block_size=8),
 ])
-def test_all_policies_generate_identical_outputs(setting):
+@pytest.mark.parametrize("overlap", [False, True])
+def test_all_policies_generate_identical_outputs(setting, overlap):
+    """``overlap``: scheduler.chunks_in_flight (a prompt's chunks in consecutive micro-batches)."""
     setting = dict(setting)
     pp = setting.pop("pp")
     reqs = mixed_workload(10, seed=pp)
-    results = {}
+    results, overlaps = {}, 0
     for policy in POLICIES:
-        s = make(policy, pp=pp, max_len=96, **setting)
-        results[policy] = run_all(s, [Request(**vars(r)) for r in reqs], pp=pp).outputs()
+        s = make(policy, pp=pp, max_len=96, chunks_in_flight=overlap, **setting)
+        fp = run_all(s, [Request(**vars(r)) for r in reqs], pp=pp)
+        results[policy], overlaps = fp.outputs(), overlaps + fp.overlaps
     expect = [("stop" if out and out[-1] == EOS else "length", out)
               for out in (reference(r, 96, (EOS,)) for r in reqs)]
     for policy in POLICIES:
         assert results[policy] == expect, policy
     assert any(reason == "stop" for reason, _ in expect)  # both finish paths are exercised
+    assert (overlaps > 0) == (overlap and pp > 1)
 
 
 def test_sequence_token_ids_across_prompt_and_outputs():

@@ -16,8 +16,8 @@ class Scheduler:
     """Base class; subclasses implement :meth:`build` with the policy's batch shape.
 
     Several micro-batches may be in flight (pipeline parallelism): a request that is in an
-    unfinished batch is not schedulable, and ``max_batch_size`` bounds the admitted requests
-    over all of them. Each micro-batch takes at most ``ceil(max_batch_size / max_inflight)``
+    unfinished batch is not schedulable (except for its next prompt chunk where the policy sets
+    ``scheduler.chunks_in_flight``), and ``max_batch_size`` bounds the admitted requests over all of them. Each micro-batch takes at most ``ceil(max_batch_size / max_inflight)``
     requests so that the pipeline can hold ``max_inflight`` non-empty micro-batches, plus up to
     ``parts_past_cap`` prompt chunks a policy may add beyond it (``planner.fill_prefills``).
     """
@@ -42,6 +42,11 @@ class Scheduler:
         self.max_model_len = max_model_len
         self.max_inflight = max(1, max_inflight)
         self.per_batch_cap = math.ceil(cfg.max_batch_size / self.max_inflight)
+        # A prompt's next chunk may join a micro-batch while its earlier chunk is in flight:
+        # stages run micro-batches in the order they were scheduled, so the earlier chunk's K/V
+        # is in every stage's cache before the later chunk reads it there. Only a part that
+        # samples (a prompt's last chunk, a decode) must come back before the next one.
+        self.chunks_in_flight = cfg.chunks_in_flight
         self.eos = () if ignore_eos else tuple(eos_token_ids)
         self.seqs: dict[int, Sequence] = {}
         self.pending: deque[Sequence] = deque()  # by arrival time
@@ -111,7 +116,7 @@ class Scheduler:
         self._next_batch_id += 1
         for part in plan.parts:
             seq = self.seqs[part.seq_index]
-            seq.in_flight = True
+            seq.in_flight += 1
             if seq.first_scheduled_time is None:
                 seq.first_scheduled_time = now
         return plan
@@ -126,6 +131,8 @@ class Scheduler:
 
     def schedulable_prefills(self) -> list[Sequence]:
         """Admitted requests with prompt tokens left (partial prefills), oldest first."""
+        if self.chunks_in_flight:
+            return [s for s in self.running if s.is_prefill and s.num_unscheduled > 0]
         return [s for s in self.running if not s.in_flight and s.is_prefill]
 
     # ---- results back ----------------------------------------------------------------
@@ -134,7 +141,7 @@ class Scheduler:
         done = []
         for part, res in zip(plan.parts, results):
             seq = self.seqs[part.seq_index]
-            seq.in_flight = False
+            seq.in_flight -= 1
             if seq.status is not SeqStatus.RUNNING:
                 continue
             seq.num_computed = part.start + part.num_tokens
@@ -217,7 +224,7 @@ class Scheduler:
 
     def preempt(self, seq: Sequence, now: float) -> None:
         self.blocks.free(seq)
-        seq.num_computed = 0
+        seq.num_computed = seq.num_scheduled = 0
         seq.status = SeqStatus.WAITING
         seq.num_preemptions += 1
         seq.preempted_at = now
@@ -250,13 +257,13 @@ class BatchBuilder:
         return self.sched.per_batch_cap + self.extra_room - len(self._members)
 
     def add(self, seq: Sequence, num_tokens: int | None = None) -> int:
-        """Add up to ``num_tokens`` of ``seq``'s uncomputed tokens (all if None); returns how many."""
+        """Add up to ``num_tokens`` of ``seq``'s unscheduled tokens (all if None); returns how many."""
         if self.room <= 0 or seq.index in self._members or seq.status is not SeqStatus.RUNNING:
             return 0  # not running: preempted earlier while this batch was being built
-        n = seq.num_uncomputed if num_tokens is None else min(num_tokens, seq.num_uncomputed)
+        n = seq.num_unscheduled if num_tokens is None else min(num_tokens, seq.num_unscheduled)
         if n <= 0:
             return 0
-        start = seq.num_computed
+        start = seq.num_scheduled
         if not self.sched.ensure_blocks(seq, start + n, self._members, self.now):
             return 0
         is_prefill = seq.is_prefill
@@ -265,6 +272,7 @@ class BatchBuilder:
             seq_index=seq.index, start=start, token_ids=seq.token_ids(start, start + n),
             block_table=list(seq.block_table), is_prefill=is_prefill, sample=sample,
             output_index=len(seq.output_token_ids)))
+        seq.num_scheduled = start + n
         self._members.add(seq.index)
         return n
 
@@ -278,7 +286,7 @@ class BatchBuilder:
         if self.room <= 0 or not sched.waiting or len(sched.running) >= sched.cfg.max_batch_size:
             return 0
         seq = sched.waiting[0]
-        n = seq.num_uncomputed if num_tokens is None else min(num_tokens, seq.num_uncomputed)
+        n = seq.num_unscheduled if num_tokens is None else min(num_tokens, seq.num_unscheduled)
         need = sched.max_request_len(seq) if sched.reserve_full_request else n
         if n <= 0 or not sched.blocks.can_hold(seq, need):
             return 0

@@ -101,6 +101,25 @@ class TargetRule:
         return self.value
 
 
+def decodes_to_take(sched) -> list[Sequence]:
+    """The schedulable decodes a micro-batch takes: all of them, except that while prompt work
+    could join it (a prompt chunk schedulable, or a waiting request admissible), it takes at
+    most ``per_batch_cap - 1``, so that one request slot is left for a prompt chunk. Otherwise a
+    pipeline slot whose requests all decode fills its cap with decodes alone, a micro-batch at a
+    fraction of T in the middle of the prefill phase. The held decode joins the next micro-batch.
+    No decode is held past the micro-batch's even share of the decoding requests
+    (``ceil(decoding / depth)``): the pipeline's slots together must still take them all."""
+    decodes = sched.schedulable_decodes()
+    limit = sched.per_batch_cap - 1
+    if len(decodes) <= limit:
+        return decodes
+    admissible = sched.waiting and len(sched.running) < sched.cfg.max_batch_size
+    if not (admissible or sched.schedulable_prefills()):
+        return decodes
+    decoding = sum(1 for s in sched.running if not s.is_prefill)
+    return decodes[:max(limit, math.ceil(decoding / sched.max_inflight))]
+
+
 def largest_fit(fits, left: int, base: int, tile: int, last_part: bool = False) -> int:
     """Largest chunk ``n <= left`` with ``fits(n)`` whose batch total ``base + n`` is a tile
     multiple, or ``n == left`` (a prompt's whole remainder, which the next prompt tops up);
@@ -177,7 +196,7 @@ def fill_prefills(b, cost, target: float, tile: int) -> None:
         # to top up with); where none can, an aligned chunk beats an unaligned whole remainder.
         admissible = len(sched.waiting) > new and len(sched.running) + new < cfg.max_batch_size
         more = b.room > 1 or bool(spare and (i < len(partial) or admissible))
-        left, cached = seq.num_uncomputed, seq.num_computed
+        left, cached = seq.num_unscheduled, seq.num_scheduled
         base = b.num_tokens
 
         def time_of(n: int) -> float:

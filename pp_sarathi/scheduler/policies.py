@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from .base import BatchBuilder, Scheduler
-from .planner import TargetRule, fill_prefills
+from .planner import TargetRule, decodes_to_take, fill_prefills
 
 
 class OrcaScheduler(Scheduler):
@@ -31,10 +31,10 @@ class VLLMScheduler(Scheduler):
     def build(self, b: BatchBuilder) -> None:
         budget = self.cfg.chunk_size
         for seq in self.schedulable_prefills():
-            if b.parts and b.num_tokens + seq.num_uncomputed > budget:
+            if b.parts and b.num_tokens + seq.num_unscheduled > budget:
                 break
             b.add(seq)
-        while self.waiting and not (b.parts and b.num_tokens + self.waiting[0].num_uncomputed > budget):
+        while self.waiting and not (b.parts and b.num_tokens + self.waiting[0].num_unscheduled > budget):
             if not b.add_new():
                 break
         if b.parts:
@@ -79,9 +79,9 @@ class SarathiScheduler(Scheduler):
             return
         partial = self.schedulable_prefills()
         if partial:
-            b.add(partial[0], self._tile(b.num_tokens, chunk, partial[0].num_uncomputed))
+            b.add(partial[0], self._tile(b.num_tokens, chunk, partial[0].num_unscheduled))
         elif self.waiting:
-            b.add_new(self._tile(b.num_tokens, chunk, self.waiting[0].num_uncomputed))
+            b.add_new(self._tile(b.num_tokens, chunk, self.waiting[0].num_unscheduled))
 
     def _tile(self, decodes: int, chunk: int, left: int) -> int:
         """Round decodes + chunk down to a tile multiple when that leaves a non-empty chunk;
@@ -115,10 +115,11 @@ class SarathiServeScheduler(Scheduler):
 
 
 class SarathiUniformScheduler(Scheduler):
-    """Compute-uniform hybrid batches: decodes first, then prefill tokens (partial prefills,
-    then new requests, across prompt boundaries) until the micro-batch's predicted stage time
-    reaches a target T (:class:`~pp_sarathi.scheduler.planner.TargetRule`: chosen online, or
-    ``target_ms``), tile-aligned. Needs a stage-time predictor."""
+    """Compute-uniform hybrid batches: decodes first (leaving a request slot for prompt work,
+    :func:`~pp_sarathi.scheduler.planner.decodes_to_take`), then prefill tokens (partial
+    prefills, then new requests, across prompt boundaries) until the micro-batch's predicted
+    stage time reaches a target T (:class:`~pp_sarathi.scheduler.planner.TargetRule`: chosen
+    online, or ``target_ms``), tile-aligned. Needs a stage-time predictor."""
 
     name = "sarathi_uniform"
     parts_past_cap = 1
@@ -131,7 +132,7 @@ class SarathiUniformScheduler(Scheduler):
                                  self.cfg.max_batch_size, self.cfg.target_ms)
 
     def build(self, b: BatchBuilder) -> None:
-        for seq in self.schedulable_decodes():
+        for seq in decodes_to_take(self):
             b.add(seq)
         b.target_s = self.target(self.running, self.waiting, self.predictor, not self.pending)
         fill_prefills(b, self.predictor, b.target_s, self.cfg.tile_size)

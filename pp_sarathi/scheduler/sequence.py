@@ -21,9 +21,10 @@ class Sequence:
     output_token_ids: list[int] = field(default_factory=list)
     logprobs: list[dict[int, float]] = field(default_factory=list)
     num_computed: int = 0  # tokens whose K/V are in the cache
+    num_scheduled: int = 0  # tokens handed to micro-batches: in the cache or on their way there
     max_computed: int = 0  # most tokens ever in the cache (a preemption drops them; this stays)
     block_table: list[int] = field(default_factory=list)
-    in_flight: bool = False  # part of a micro-batch that has not come back yet
+    in_flight: int = 0  # parts of this request in micro-batches that have not come back yet
     finish_reason: str | None = None
     text: str | None = None  # decoded output, set on finishing when a tokenizer is known
     # Metrics (seconds since the run started).
@@ -61,13 +62,14 @@ class Sequence:
         return list(prompt[start:]) + self.output_token_ids[:end - n]
 
     @property
-    def num_uncomputed(self) -> int:
-        return self.num_tokens - self.num_computed
+    def num_unscheduled(self) -> int:
+        """Known tokens no micro-batch has taken yet."""
+        return self.num_tokens - self.num_scheduled
 
     @property
     def is_prefill(self) -> bool:
         """True while prompt tokens (or, after a preemption, recomputed tokens) remain."""
-        return not self.output_token_ids or self.num_uncomputed > 1
+        return not self.output_token_ids or self.num_unscheduled > 1
 
     @property
     def is_finished(self) -> bool:
