@@ -212,7 +212,7 @@ class SchedulerConfig(_Group):
     tile_size: int = 1  # sarathi, sarathi_uniform: round chunk + decodes down to a multiple of this (128 on GPUs)
     # sarathi_uniform: fixed target stage time per micro-batch in ms; unset = chosen online from the running decodes and the waiting prompts
     target_ms: Optional[float] = None
-    # a prompt's next chunk may join a micro-batch while its earlier chunk is still in flight (stages keep the order), so a request can sit in two in-flight micro-batches
+    # sarathi_uniform: a prompt's next chunk may join a micro-batch while its earlier chunk is still in flight (stages keep the order), so a request can sit in two in-flight micro-batches
     chunks_in_flight: bool = False
 
     def rules(self) -> None:

@@ -7,6 +7,7 @@ sarathi and sarathi_uniform on a profile CSV (``--profile``) or the CPU roofline
 is plotted over time: the target T, the micro-batches' composition, and the stage compute.
 
     python scripts/planner_shift.py [--profile runs/<dir>/profile.csv] [--out docs/img/planner_shift.png]
+                                    [--chunks-in-flight]
 """
 from __future__ import annotations
 
@@ -37,9 +38,10 @@ def shift_workload(path: Path, n: int, qps: float, seed: int, vocab: int) -> lis
     return rows
 
 
-def simulate(policy: str, workload: Path, profile: str | None, pp: int):
+def simulate(policy: str, workload: Path, profile: str | None, pp: int, chunks_in_flight: bool = False):
     cfg = RunConfig()
     cfg.scheduler.name = policy
+    cfg.scheduler.chunks_in_flight = chunks_in_flight
     cfg.parallel.pp = pp
     cfg.workload.name = "jsonl"
     cfg.workload.path = str(workload)
@@ -91,13 +93,15 @@ def main() -> None:
     ap.add_argument("--qps", type=float, default=2.0)
     ap.add_argument("--pp", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--chunks-in-flight", action="store_true", help="scheduler.chunks_in_flight=true")
     ap.add_argument("--out", default="docs/img/planner_shift.png")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         wl = Path(tmp) / "shift.jsonl"
         rows = shift_workload(wl, args.requests, args.qps, args.seed, RunConfig().model.vocab_size)
         half_at = rows[args.requests // 2]["arrived_at"]
-        runs = {name: simulate(name, wl, args.profile, args.pp) for name in ("sarathi", "sarathi_uniform")}
+        runs = {name: simulate(name, wl, args.profile, args.pp, args.chunks_in_flight)
+                for name in ("sarathi", "sarathi_uniform")}
     plot(runs, half_at, Path(args.out))
     for name, (outcome, res) in runs.items():
         first = [b for b in outcome.batches if b.scheduled_at < half_at]

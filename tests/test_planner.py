@@ -10,7 +10,7 @@ from pp_sarathi.config import SchedulerConfig
 from pp_sarathi.cost import CostModel, PlanCost
 from pp_sarathi.scheduler import BlockManager, SampleResult, make_scheduler
 from pp_sarathi.scheduler.planner import TargetRule, decodes_to_take, largest_fit
-from test_scheduler import FakePipeline, reference, req
+from test_scheduler import EOS, LOSSLESS_SETTINGS, FakePipeline, mixed_workload, reference, req, run_all
 
 
 class ToyCost(CostModel):
@@ -130,7 +130,7 @@ def test_no_spare_part_aligns_the_last_chunk_instead():
 def test_a_prompt_s_next_chunk_follows_while_its_earlier_chunk_is_in_flight():
     """With ``chunks_in_flight`` (stages run micro-batches in order) a prompt's next chunk may
     go into the next micro-batch before the earlier one is back; a sampled part (the prompt's
-    last chunk) is never followed. Without it, or under sarathi, each chunk is waited for."""
+    last chunk) is never followed. Without it each chunk is waited for; other policies ignore it."""
     s = make(target_ms=18.0, pp=2, chunk=64, chunks_in_flight=True)
     s.add_requests([req(0, 300, 4)])
     p1, p2 = s.schedule(0.0), s.schedule(0.0)
@@ -146,14 +146,10 @@ def test_a_prompt_s_next_chunk_follows_while_its_earlier_chunk_is_in_flight():
     assert s.seqs[0].num_computed == 300 and not s.seqs[0].in_flight
     assert len(s.seqs[0].output_token_ids) == 1
 
-    for waits in (make(target_ms=18.0, pp=2, chunk=64),
-                  make_scheduler(SchedulerConfig(name="sarathi", chunk_size=64), BlockManager(4096, 4), 1024, 2)):
+    sarathi = SchedulerConfig(name="sarathi", chunk_size=64, chunks_in_flight=True)
+    for waits in (make(target_ms=18.0, pp=2, chunk=64), make_scheduler(sarathi, BlockManager(4096, 4), 1024, 2)):
         waits.add_requests([req(0, 300, 4)])
         assert waits.schedule(0.0) is not None and waits.schedule(0.0) is None
-    follows = make_scheduler(SchedulerConfig(name="sarathi", chunk_size=64, chunks_in_flight=True),
-                             BlockManager(4096, 4), 1024, 2)
-    follows.add_requests([req(0, 300, 4)])
-    assert [x.start for x in follows.schedule(0.0).parts + follows.schedule(0.0).parts] == [0, 64]
 
 
 def test_decodes_leave_a_request_slot_for_prompt_work():
@@ -176,6 +172,23 @@ def test_decodes_leave_a_request_slot_for_prompt_work():
     s.admit_arrivals(1.0)
     assert len(s.running) == 5 and s.waiting
     assert len(decodes_to_take(s)) == 3, "5 decodes over 2 slots: 3 here, not the cap's 2"
+
+
+@pytest.mark.parametrize("setting", LOSSLESS_SETTINGS)
+def test_chunks_in_flight_are_lossless_under_kv_pressure(setting):
+    """The scheduler tests' lossless settings (tight KV and preemptions among them) with a
+    prompt's chunks in consecutive micro-batches in flight: outputs equal unbatched generation."""
+    setting = dict(setting)
+    pp, chunk = setting.pop("pp"), setting.pop("chunk")
+    cfg = SchedulerConfig(name="sarathi_uniform", chunk_size=chunk, max_batch_size=setting.pop("batch"),
+                          tile_size=setting.pop("tile", 1), chunks_in_flight=True)
+    s = make_scheduler(cfg, BlockManager(setting.pop("num_blocks"), setting.pop("block_size", 4)), 96, pp,
+                       (EOS,), False, PlanCost(ToyCost(), [4] * pp))
+    reqs = mixed_workload(10, seed=pp)
+    fp = run_all(s, reqs, pp=pp)
+    assert fp.outputs() == [("stop" if out and out[-1] == EOS else "length", out)
+                            for out in (reference(r, 96, (EOS,)) for r in reqs)]
+    assert (fp.overlaps > 0) == (pp > 1)
 
 
 @pytest.mark.parametrize("pp,batch", [(4, 4), (2, 2), (2, 5), (3, 9)])

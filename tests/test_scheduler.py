@@ -23,9 +23,8 @@ EOS = 0
 
 
 def make(policy, *, chunk=16, batch=8, tile=1, pp=1, num_blocks=4096, block_size=4, max_len=512,
-         eos=(EOS,), ignore_eos=False, chunks_in_flight=False):
-    cfg = SchedulerConfig(name=policy, chunk_size=chunk, max_batch_size=batch, tile_size=tile,
-                          chunks_in_flight=chunks_in_flight)
+         eos=(EOS,), ignore_eos=False):
+    cfg = SchedulerConfig(name=policy, chunk_size=chunk, max_batch_size=batch, tile_size=tile)
     return make_scheduler(cfg, BlockManager(num_blocks, block_size), max_len, pp, eos, ignore_eos)
 
 
@@ -488,30 +487,29 @@ def test_unknown_policy():
 # lossless: every policy generates the same tokens as unbatched generation
 # ---------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("setting", [
+LOSSLESS_SETTINGS = [
     dict(pp=1, num_blocks=4096, chunk=16, batch=8),
     dict(pp=2, num_blocks=4096, chunk=8, batch=6),
     dict(pp=3, num_blocks=30, chunk=16, batch=8, block_size=4),  # tight KV: preemptions
     dict(pp=2, num_blocks=96, chunk=12, batch=5, block_size=1, tile=4),
     dict(pp=4, num_blocks=12, chunk=32, batch=3, block_size=8),
-])
-@pytest.mark.parametrize("overlap", [False, True])
-def test_all_policies_generate_identical_outputs(setting, overlap):
-    """``overlap``: scheduler.chunks_in_flight (a prompt's chunks in consecutive micro-batches)."""
+]
+
+
+@pytest.mark.parametrize("setting", LOSSLESS_SETTINGS)
+def test_all_policies_generate_identical_outputs(setting):
     setting = dict(setting)
     pp = setting.pop("pp")
     reqs = mixed_workload(10, seed=pp)
-    results, overlaps = {}, 0
+    results = {}
     for policy in POLICIES:
-        s = make(policy, pp=pp, max_len=96, chunks_in_flight=overlap, **setting)
-        fp = run_all(s, [Request(**vars(r)) for r in reqs], pp=pp)
-        results[policy], overlaps = fp.outputs(), overlaps + fp.overlaps
+        s = make(policy, pp=pp, max_len=96, **setting)
+        results[policy] = run_all(s, [Request(**vars(r)) for r in reqs], pp=pp).outputs()
     expect = [("stop" if out and out[-1] == EOS else "length", out)
               for out in (reference(r, 96, (EOS,)) for r in reqs)]
     for policy in POLICIES:
         assert results[policy] == expect, policy
     assert any(reason == "stop" for reason, _ in expect)  # both finish paths are exercised
-    assert (overlaps > 0) == (overlap and pp > 1)
 
 
 def test_sequence_token_ids_across_prompt_and_outputs():

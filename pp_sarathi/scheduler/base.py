@@ -17,7 +17,7 @@ class Scheduler:
 
     Several micro-batches may be in flight (pipeline parallelism): a request that is in an
     unfinished batch is not schedulable (except for its next prompt chunk where the policy sets
-    ``scheduler.chunks_in_flight``), and ``max_batch_size`` bounds the admitted requests over all of them. Each micro-batch takes at most ``ceil(max_batch_size / max_inflight)``
+    ``chunks_in_flight``), and ``max_batch_size`` bounds the admitted requests over all of them. Each micro-batch takes at most ``ceil(max_batch_size / max_inflight)``
     requests so that the pipeline can hold ``max_inflight`` non-empty micro-batches, plus up to
     ``parts_past_cap`` prompt chunks a policy may add beyond it (``planner.fill_prefills``).
     """
@@ -25,6 +25,11 @@ class Scheduler:
     name = "base"
     #: Prompt chunks a micro-batch may take beyond the request cap (sarathi_uniform's top-up).
     parts_past_cap = 0
+    #: A prompt's next chunk may join a micro-batch while its earlier chunk is in flight:
+    #: stages run micro-batches in the order they were scheduled, so the earlier chunk's K/V is
+    #: in every stage's cache before the later chunk reads it there. Only a part that samples
+    #: (a prompt's last chunk, a decode) must come back before the request's next part.
+    chunks_in_flight = False
     #: Reserve KV for the whole request (prompt + max_tokens) on admission instead of on demand.
     reserve_full_request = False
     #: Set when a tokenizer is known (model.text_output.TextOutput): stop strings end requests
@@ -42,11 +47,6 @@ class Scheduler:
         self.max_model_len = max_model_len
         self.max_inflight = max(1, max_inflight)
         self.per_batch_cap = math.ceil(cfg.max_batch_size / self.max_inflight)
-        # A prompt's next chunk may join a micro-batch while its earlier chunk is in flight:
-        # stages run micro-batches in the order they were scheduled, so the earlier chunk's K/V
-        # is in every stage's cache before the later chunk reads it there. Only a part that
-        # samples (a prompt's last chunk, a decode) must come back before the next one.
-        self.chunks_in_flight = cfg.chunks_in_flight
         self.eos = () if ignore_eos else tuple(eos_token_ids)
         self.seqs: dict[int, Sequence] = {}
         self.pending: deque[Sequence] = deque()  # by arrival time

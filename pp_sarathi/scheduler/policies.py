@@ -117,9 +117,10 @@ class SarathiServeScheduler(Scheduler):
 class SarathiUniformScheduler(Scheduler):
     """Compute-uniform hybrid batches: decodes first (leaving a request slot for prompt work,
     :func:`~pp_sarathi.scheduler.planner.decodes_to_take`), then prefill tokens (partial
-    prefills, then new requests, across prompt boundaries) until the micro-batch's predicted
-    stage time reaches a target T (:class:`~pp_sarathi.scheduler.planner.TargetRule`: chosen
-    online, or ``target_ms``), tile-aligned. Needs a stage-time predictor."""
+    prefills, with ``scheduler.chunks_in_flight`` a prompt's next chunk even while its earlier
+    one is in flight, then new requests, across prompt boundaries) until the micro-batch's
+    predicted stage time reaches a target T (:class:`~pp_sarathi.scheduler.planner.TargetRule`:
+    chosen online, or ``target_ms``), tile-aligned. Needs a stage-time predictor."""
 
     name = "sarathi_uniform"
     parts_past_cap = 1
@@ -128,6 +129,7 @@ class SarathiUniformScheduler(Scheduler):
         super().__init__(*args, **kwargs)
         if self.predictor is None:
             raise ValueError("scheduler sarathi_uniform needs a stage-time predictor (make_scheduler(predictor=...))")
+        self.chunks_in_flight = self.cfg.chunks_in_flight
         self.target = TargetRule(self.cfg.chunk_size, self.cfg.tile_size, self.max_inflight,
                                  self.cfg.max_batch_size, self.cfg.target_ms)
 
