@@ -17,9 +17,10 @@ class Scheduler:
 
     Several micro-batches may be in flight (pipeline parallelism): a request that is in an
     unfinished batch is not schedulable (except for its next prompt chunk where the policy sets
-    ``chunks_in_flight``), and ``max_batch_size`` bounds the admitted requests over all of them. Each micro-batch takes at most ``ceil(max_batch_size / max_inflight)``
-    requests so that the pipeline can hold ``max_inflight`` non-empty micro-batches, plus up to
-    ``parts_past_cap`` prompt chunks a policy may add beyond it (``planner.fill_prefills``).
+    ``chunks_in_flight``), and ``max_batch_size`` bounds the admitted requests over all of them.
+    Each micro-batch takes at most ``ceil(max_batch_size / max_inflight)`` requests so that the
+    pipeline can hold ``max_inflight`` non-empty micro-batches, plus up to ``parts_past_cap``
+    prompt chunks a policy may add beyond it (``planner.fill_prefills``).
     """
 
     name = "base"
