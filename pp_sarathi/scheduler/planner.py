@@ -55,6 +55,8 @@ class TargetRule:
         for s in running:
             out = len(s.output_token_ids)
             total = s.prompt_len + out
+            # Prompt tokens in flight still count as queued (num_computed, not num_scheduled):
+            # with chunks_in_flight the queue would otherwise look shorter a round early.
             left = total - s.num_computed
             if out and left <= 1:
                 decodes += 1
