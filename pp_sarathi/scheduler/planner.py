@@ -109,8 +109,8 @@ def decodes_to_take(sched) -> list[Sequence]:
     most ``per_batch_cap - 1``, so that one request slot is left for a prompt chunk. Otherwise a
     pipeline slot whose requests all decode fills its cap with decodes alone, a micro-batch at a
     fraction of T in the middle of the prefill phase. The held decode joins the next micro-batch.
-    No decode is held past the micro-batch's even share of the decoding requests
-    (``ceil(decoding / depth)``): the pipeline's slots together must still take them all."""
+    A micro-batch still takes at least its even share of the decoding requests
+    (``ceil(decoding / depth)``), so that the pipeline's slots together take them all."""
     decodes = sched.schedulable_decodes()
     limit = sched.per_batch_cap - 1
     if len(decodes) <= limit:
