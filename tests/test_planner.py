@@ -174,11 +174,31 @@ def test_decodes_leave_a_request_slot_for_prompt_work():
     assert len(decodes_to_take(s)) == 3, "5 decodes over 2 slots: 3 here, not the cap's 2"
 
 
+def test_a_held_decode_is_not_preempted_for_the_prompt_that_took_its_slot():
+    """The KV cache is nearly full: the partial prompt's next chunk would need the held decode's
+    blocks. The decode keeps them (it waits one micro-batch, not a recompute), and with no free
+    block at all no decode is held."""
+    s = make(target_ms=8.0, batch=8, pp=2, chunk=64, num_blocks=7, block_size=4)
+    s.add_requests([req(i, 3, 10) for i in range(4)] + [req(4, 16, 1)])
+    p1 = s.schedule(0.0)
+    assert [x.seq_index for x in p1.parts] == [0, 1, 2, 3, 4] and not p1.parts[-1].sample
+    _done(s, p1, 1.0)
+    assert s.blocks.num_free == 1
+    p2 = s.schedule(1.0)
+    assert [x.seq_index for x in p2.parts] == [0, 1, 2]  # the prompt's chunk found no KV
+    assert s.seqs[3].num_preemptions == 0 and s.seqs[3].block_table
+    _done(s, p2, 2.0)
+    prompt = s.seqs[4]
+    s.blocks.grow(prompt, (len(prompt.block_table) + s.blocks.num_free) * 4)  # it takes every free block
+    assert len(decodes_to_take(s)) == 4, "no free block: a held decode would make room for nothing"
+
+
 @pytest.mark.parametrize("setting", LOSSLESS_SETTINGS)
 def test_chunks_in_flight_are_lossless_under_kv_pressure(setting):
     """The scheduler tests' lossless settings (tight KV and preemptions among them) with a
     prompt's chunks in consecutive micro-batches in flight: outputs equal unbatched generation."""
     setting = dict(setting)
+    setting_kv_is_tight = setting["num_blocks"] <= 30
     pp, chunk = setting.pop("pp"), setting.pop("chunk")
     cfg = SchedulerConfig(name="sarathi_uniform", chunk_size=chunk, max_batch_size=setting.pop("batch"),
                           tile_size=setting.pop("tile", 1), chunks_in_flight=True)
@@ -189,6 +209,8 @@ def test_chunks_in_flight_are_lossless_under_kv_pressure(setting):
     assert fp.outputs() == [("stop" if out and out[-1] == EOS else "length", out)
                             for out in (reference(r, 96, (EOS,)) for r in reqs)]
     assert (fp.overlaps > 0) == (pp > 1)
+    if setting_kv_is_tight:
+        assert fp.recomputes > 0, "this setting forces preemptions"
 
 
 @pytest.mark.parametrize("pp,batch", [(4, 4), (2, 2), (2, 5), (3, 9)])

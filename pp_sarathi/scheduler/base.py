@@ -243,6 +243,8 @@ class BatchBuilder:
         self._members: set[int] = set()
         self.target_s: float | None = None  # the target stage time a planner aimed at
         self.extra_room = 0  # parts a planner may add beyond the request cap (see fill_prefills)
+        # Requests a planner leaves for the next micro-batch: not preempted to make room in this one.
+        self.keep: set[int] = set()
 
     @property
     def num_tokens(self) -> int:
@@ -265,7 +267,7 @@ class BatchBuilder:
         if n <= 0:
             return 0
         start = seq.num_scheduled
-        if not self.sched.ensure_blocks(seq, start + n, self._members, self.now):
+        if not self.sched.ensure_blocks(seq, start + n, self._members | self.keep, self.now):
             return 0
         is_prefill = seq.is_prefill
         sample = start + n == seq.num_tokens

@@ -105,15 +105,16 @@ class TargetRule:
 
 def decodes_to_take(sched) -> list[Sequence]:
     """The schedulable decodes a micro-batch takes: all of them, except that while prompt work
-    could join it (a prompt chunk schedulable, or a waiting request admissible), it takes at
-    most ``per_batch_cap - 1``, so that one request slot is left for a prompt chunk. Otherwise a
-    pipeline slot whose requests all decode fills its cap with decodes alone, a micro-batch at a
-    fraction of T in the middle of the prefill phase. The held decode joins the next micro-batch.
+    could join it (a prompt chunk schedulable, or a waiting request admissible, and a free KV
+    block), it takes at most ``per_batch_cap - 1``, so that one request slot is left for a
+    prompt chunk. Otherwise a pipeline slot whose requests all decode fills its cap with decodes
+    alone, a micro-batch at a fraction of T in the middle of the prefill phase. The held decode
+    joins the next micro-batch (the caller keeps it from being preempted for this one's prompt).
     A micro-batch still takes at least its even share of the decoding requests
     (``ceil(decoding / depth)``), so that the pipeline's slots together take them all."""
     decodes = sched.schedulable_decodes()
     limit = sched.per_batch_cap - 1
-    if len(decodes) <= limit:
+    if len(decodes) <= limit or sched.blocks.num_free == 0:
         return decodes
     admissible = sched.waiting and len(sched.running) < sched.cfg.max_batch_size
     if not (admissible or sched.schedulable_prefills()):

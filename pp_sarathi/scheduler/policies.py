@@ -134,7 +134,9 @@ class SarathiUniformScheduler(Scheduler):
                                  self.cfg.max_batch_size, self.cfg.target_ms)
 
     def build(self, b: BatchBuilder) -> None:
-        for seq in decodes_to_take(self):
+        take = decodes_to_take(self)
+        b.keep = {s.index for s in self.schedulable_decodes()} - {s.index for s in take}
+        for seq in take:
             b.add(seq)
         b.target_s = self.target(self.running, self.waiting, self.predictor, not self.pending)
         fill_prefills(b, self.predictor, b.target_s, self.cfg.tile_size)
