@@ -159,7 +159,7 @@ def test_decodes_leave_a_request_slot_for_prompt_work():
     s = make(target_ms=18.0, batch=8, pp=2, chunk=64)  # 4 requests per micro-batch
     s.add_requests([req(i, 5, 6) for i in range(4)] + [req(4, 90, 3, arrival=1.0)])
     _done(s, s.schedule(0.0), 1.0)
-    assert len(decodes_to_take(s)) == 4, "no prompt has arrived yet"
+    assert len(decodes_to_take(s)[0]) == 4, "no prompt has arrived yet"
     p = s.schedule(1.0)
     assert [x.is_prefill for x in p.parts] == [False, False, False, True]
     held = s.seqs[3]
@@ -171,7 +171,7 @@ def test_decodes_leave_a_request_slot_for_prompt_work():
     _done(s, s.schedule(0.0), 1.0)  # the fifth
     s.admit_arrivals(1.0)
     assert len(s.running) == 5 and s.waiting
-    assert len(decodes_to_take(s)) == 3, "5 decodes over 2 slots: 3 here, not the cap's 2"
+    assert len(decodes_to_take(s)[0]) == 3, "5 decodes over 2 slots: 3 here, not the cap's 2"
 
 
 def test_a_held_decode_is_not_preempted_for_the_prompt_that_took_its_slot():
@@ -190,7 +190,7 @@ def test_a_held_decode_is_not_preempted_for_the_prompt_that_took_its_slot():
     _done(s, p2, 2.0)
     prompt = s.seqs[4]
     s.blocks.grow(prompt, (len(prompt.block_table) + s.blocks.num_free) * 4)  # it takes every free block
-    assert len(decodes_to_take(s)) == 4, "no free block: a held decode would make room for nothing"
+    assert len(decodes_to_take(s)[0]) == 4, "no free block: a held decode would make room for nothing"
 
 
 @pytest.mark.parametrize("setting", LOSSLESS_SETTINGS)

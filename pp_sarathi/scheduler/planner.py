@@ -103,24 +103,26 @@ class TargetRule:
         return self.value
 
 
-def decodes_to_take(sched) -> list[Sequence]:
-    """The schedulable decodes a micro-batch takes: all of them, except that while prompt work
-    could join it (a prompt chunk schedulable, or a waiting request admissible, and a free KV
-    block), it takes at most ``per_batch_cap - 1``, so that one request slot is left for a
-    prompt chunk. Otherwise a pipeline slot whose requests all decode fills its cap with decodes
-    alone, a micro-batch at a fraction of T in the middle of the prefill phase. The held decode
-    joins the next micro-batch (the caller keeps it from being preempted for this one's prompt).
-    A micro-batch still takes at least its even share of the decoding requests
-    (``ceil(decoding / depth)``), so that the pipeline's slots together take them all."""
+def decodes_to_take(sched) -> tuple[list[Sequence], list[Sequence]]:
+    """The schedulable decodes a micro-batch takes, and those it holds for the next one: it
+    takes all of them, except that while prompt work could join it (a prompt chunk schedulable,
+    or a waiting request admissible, and a free KV block), it takes at most
+    ``per_batch_cap - 1``, so that one request slot is left for a prompt chunk. Otherwise a
+    pipeline slot whose requests all decode fills its cap with decodes alone, a micro-batch at a
+    fraction of T in the middle of the prefill phase. The caller keeps the held decodes from
+    being preempted for this micro-batch's prompt. A micro-batch still takes at least its even
+    share of the decoding requests (``ceil(decoding / depth)``), so that the pipeline's slots
+    together take them all."""
     decodes = sched.schedulable_decodes()
     limit = sched.per_batch_cap - 1
     if len(decodes) <= limit or sched.blocks.num_free == 0:
-        return decodes
+        return decodes, []
     admissible = sched.waiting and len(sched.running) < sched.cfg.max_batch_size
     if not (admissible or sched.schedulable_prefills()):
-        return decodes
+        return decodes, []
     decoding = sum(1 for s in sched.running if not s.is_prefill)
-    return decodes[:max(limit, math.ceil(decoding / sched.max_inflight))]
+    k = max(limit, math.ceil(decoding / sched.max_inflight))
+    return decodes[:k], decodes[k:]
 
 
 def largest_fit(fits, left: int, base: int, tile: int, last_part: bool = False) -> int:

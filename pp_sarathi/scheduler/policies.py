@@ -134,8 +134,8 @@ class SarathiUniformScheduler(Scheduler):
                                  self.cfg.max_batch_size, self.cfg.target_ms)
 
     def build(self, b: BatchBuilder) -> None:
-        take = decodes_to_take(self)
-        b.keep = {s.index for s in self.schedulable_decodes()} - {s.index for s in take}
+        take, held = decodes_to_take(self)
+        b.keep = {s.index for s in held}
         for seq in take:
             b.add(seq)
         b.target_s = self.target(self.running, self.waiting, self.predictor, not self.pending)
