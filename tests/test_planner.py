@@ -282,7 +282,8 @@ class _Seq:
 
 def test_target_adapts_to_queue_and_decodes():
     cost = PlanCost(ToyCost(), [4, 4])
-    rule = TargetRule(chunk_size=128, tile=1, depth=2, max_batch_size=32)
+    # The 8 decodes hold the request slots (pacing needs decodes to pace against).
+    rule = TargetRule(chunk_size=128, tile=1, depth=2, max_batch_size=8)
     decodes = [_Seq(100, 5, 100, 104) for _ in range(8)]  # 95 decode steps left each
     few = [_Seq(40, 0, 10, 0)]
     many = [_Seq(400, 0, 10, 0) for _ in range(20)]
@@ -296,10 +297,28 @@ def test_target_adapts_to_queue_and_decodes():
     rule.raw([], few, cost)
     assert rule.prefill_tokens == 128
     # Smoothing: T moves towards a new raw value gradually.
-    rule2 = TargetRule(chunk_size=128, tile=1, depth=2, max_batch_size=32)
+    rule2 = TargetRule(chunk_size=128, tile=1, depth=2, max_batch_size=8)
     a = rule2(decodes, few, cost)
     b = rule2(decodes, many, cost)
     assert a < b < t_many
+
+
+def test_target_paces_only_while_decodes_hold_the_slots():
+    cost = PlanCost(ToyCost(), [4, 4])
+    decodes = [_Seq(100, 5, 100, 104) for _ in range(8)]
+    few = [_Seq(40, 0, 10, 0)]
+    # 8 decodes of 8 slots: the one short prompt is spread over their remaining steps.
+    held = TargetRule(chunk_size=128, tile=1, depth=2, max_batch_size=8)
+    held.raw(decodes, few, cost)
+    assert held.prefill_tokens < 124
+    # 8 decodes of 32 slots (the queue or the KV cache keeps the decode set small): the
+    # queued prompts are the decodes to come, so they get the budget less the decodes.
+    short = TargetRule(chunk_size=128, tile=1, depth=2, max_batch_size=32)
+    short.raw(decodes, few, cost)
+    assert short.prefill_tokens == 128 - 4
+    # Just at the share (24 of 32) pacing is back.
+    short.raw(decodes * 3, few, cost)
+    assert short.prefill_tokens < 128 - 12
 
 
 # ---- token-exact against transformers (real model, pp=1 and pp=2) ----------------------------

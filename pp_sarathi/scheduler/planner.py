@@ -17,6 +17,13 @@ from .sequence import Sequence
 # pipeline's stages, so T moves over a few micro-batches instead of jumping with each.
 SMOOTHING = 0.25
 
+# Prompts are paced against the running decodes only while those hold this share of the request
+# slots (``max_batch_size``). Below it, whether the queue or the KV cache keeps the decode set
+# small, the queued prompts are the decodes to come, and spreading them thin leaves every
+# micro-batch short of decodes. The share was chosen by a sweep (docs/benchmarks.md, eighth
+# sitting): lower let decode-heavy traces stay slow, higher cost throughput on deep pipelines.
+PACE_MIN_DECODE_SHARE = 0.75
+
 
 class TargetRule:
     """Chooses the target stage time T of each micro-batch.
@@ -31,7 +38,9 @@ class TargetRule:
     clamped to [one tile, the token budget ``chunk_size`` less the decodes] and rounded so that
     decodes + ``p`` is a tile multiple; the reference chunk reads the KV of half a typical
     queued prompt. Many queued prompts (high P:D) give the budget; few (low P:D) give small,
-    decode-led micro-batches. When the queue holds the last requests (none pending, all
+    decode-led micro-batches. Pacing needs decodes to pace against: while they hold less than
+    ``PACE_MIN_DECODE_SHARE`` of the request slots the budget is used, so that prompts become
+    decodes without delay. When the queue holds the last requests (none pending, all
     admissible) there is nothing left to pace and the budget is used: spreading the last
     prompts thin would only stretch the run's tail. T is re-derived once per pipeline round
     (``depth`` micro-batches) and smoothed exponentially.
@@ -79,7 +88,8 @@ class TargetRule:
         hi = max(tile, self.chunk_size // tile * tile - nd)
         if queued <= 0:
             p = tile
-        elif steps <= 0 or (draining and len(running) + len(waiting) <= self.max_batch_size):
+        elif (steps <= 0 or decodes < PACE_MIN_DECODE_SHARE * self.max_batch_size
+              or (draining and len(running) + len(waiting) <= self.max_batch_size)):
             p = hi
         else:
             need = queued / (self.depth * steps)
