@@ -88,7 +88,7 @@ class TargetRule:
         hi = max(tile, self.chunk_size // tile * tile - nd)
         if queued <= 0:
             p = tile
-        elif (steps <= 0 or decodes < PACE_MIN_DECODE_SHARE * self.max_batch_size
+        elif (decodes < PACE_MIN_DECODE_SHARE * self.max_batch_size  # none at all: nothing to pace against
               or (draining and len(running) + len(waiting) <= self.max_batch_size)):
             p = hi
         else:
