@@ -42,8 +42,11 @@ def figures(res: dict) -> dict:
         out[f"s{i}_compute_s"] = s["compute_s"]
         for cause, v in s.get("bubble_causes_s", {}).items():
             out[f"s{i}_{cause}_s"] = v
-        if "compute_cv" in s:
-            out[f"s{i}_compute_cv"] = s["compute_cv"]
+        for key in ("compute_cv", "compute_cv_prefill", "cpu_sys_s"):
+            if s.get(key) is not None:
+                out[f"s{i}_{key}"] = s[key]
+        if "cpu_user_s" in s:  # against compute_s: a stage that waited for a core computed longer than its CPU
+            out[f"s{i}_cpu_s"] = s["cpu_user_s"] + s["cpu_sys_s"]
     return out
 
 

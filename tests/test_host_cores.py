@@ -83,7 +83,11 @@ def test_pp1_binds_this_process_for_the_run_and_gives_the_masks_back():
     before = _thread_masks()
     during = []
     outcome = serve_local(prepare(cfg), lambda seqs: during.append(os.sched_getaffinity(0)))
-    assert outcome.stage_cpus[0] == {"threads": threads, "cores": CPUS[:threads], "cores_bound": True}
+    report = outcome.stage_cpus[0]
+    assert {k: report[k] for k in ("threads", "cores", "cores_bound")} == {"threads": threads, "cores": CPUS[:threads],
+                                                                          "cores_bound": True}
+    # the run's CPU, booked from the clock's origin: some, and no more than its threads could use
+    assert 0 < report["cpu_user_s"] + report["cpu_sys_s"] <= outcome.wall_s * threads + 0.5, report
     if not any(k in os.environ for k in USER_OMP_ENV):
         # the driver's (and the computing) thread heads the OpenMP team: pinned to the first core
         assert during and all(mask == {CPUS[0]} for mask in during), during
@@ -102,6 +106,8 @@ def test_pp2_stages_run_on_their_own_cores(tmp_path):
     # read inside each stage process at the end of the run: every thread's mask, united
     assert [(s["cores"], s["threads"], s["cores_bound"]) for s in stages] == [([CPUS[0]], 1, True),
                                                                               ([CPUS[1]], 1, True)]
+    # each stage process books its own CPU (the driver's thread runs in stage 0's): some on both
+    assert all(s["cpu_user_s"] > 0 and s["cpu_sys_s"] >= 0 and s["page_faults"] >= 0 for s in stages), stages
     log = r.stdout + r.stderr
     assert f"stage 0: 1 thread bound to core {CPUS[0]}" in log and f"stage 1: 1 thread bound to core {CPUS[1]}" in log
 

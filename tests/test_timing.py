@@ -67,3 +67,24 @@ def test_cpu_stamps_are_host_seconds():
     tl.add(7, s, s, s, s + 1, s + 1, s + 2)
     (r,) = tl.records()
     assert (r.batch_id, r.compute_end - r.compute_start, r.send_end) == (7, 1, s + 2)
+
+
+def test_cpu_used_counts_computing_not_waiting():
+    """The clock books the CPU its process used since the origin: a busy loop shows up as user
+    time, a sleep of the same length does not, and fresh pages show up as page faults."""
+    pytest.importorskip("resource")
+    clock = StageClock("cpu")
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < 0.3:
+        sum(range(1000))
+    busy = clock.cpu_used()
+    time.sleep(0.3)
+    idle = clock.cpu_used()
+    assert busy["cpu_user_s"] + busy["cpu_sys_s"] >= 0.15, busy
+    assert (idle["cpu_user_s"] + idle["cpu_sys_s"]) - (busy["cpu_user_s"] + busy["cpu_sys_s"]) < 0.1, (busy, idle)
+    clock.reset()
+    import mmap
+    with mmap.mmap(-1, 64 * 4096) as m:  # anonymous memory: each page faults on its first write
+        for page in range(64):
+            m[page * 4096] = 1
+    assert clock.cpu_used()["page_faults"] >= 64

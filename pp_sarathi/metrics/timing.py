@@ -1,8 +1,14 @@
 """The one timing abstraction: stage clocks that stamp events (perf_counter on CPU, CUDA events
-on GPU, resolved only at the end so the hot path never synchronises)."""
+on GPU, resolved only at the end so the hot path never synchronises), and the CPU their process
+used since the clock's origin."""
 from __future__ import annotations
 
 import time
+
+try:
+    import resource
+except ImportError:  # not on Windows: no CPU accounting there
+    resource = None
 
 import torch
 
@@ -18,6 +24,7 @@ class StageClock:
 
     def reset(self) -> None:
         self._origin = time.perf_counter()
+        self._cpu_origin = _process_cpu()
         self._event_offset = 0.0  # host seconds from the origin to the origin event
         if self.cuda:
             self._origin_event = torch.cuda.Event(enable_timing=True)
@@ -42,6 +49,16 @@ class StageClock:
         """Wait until host time ``t`` (the simulator's virtual clock jumps instead)."""
         time.sleep(max(0.0, t - self.now()))
 
+    def cpu_used(self) -> dict:
+        """What this process used since the origin: user and system CPU seconds over all its
+        threads, and minor page faults (first touches of pages). Against the wall time they tell
+        a stage that computed from one that waited for a core (stages sharing cores), and how
+        much of its time the kernel took (page faults, wake-ups). Empty where unavailable."""
+        now, start = _process_cpu(), self._cpu_origin
+        if now is None or start is None:
+            return {}
+        return {"cpu_user_s": now[0] - start[0], "cpu_sys_s": now[1] - start[1], "page_faults": now[2] - start[2]}
+
     def stamp(self):
         """A device-side stamp (CUDA event) on GPU, host time on CPU; resolve with :meth:`seconds`."""
         if self.cuda:
@@ -55,6 +72,13 @@ class StageClock:
             return stamp
         stamp.synchronize()
         return self._event_offset + self._origin_event.elapsed_time(stamp) / 1e3
+
+
+def _process_cpu() -> tuple[float, float, int] | None:
+    if resource is None:
+        return None
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime, r.ru_stime, r.ru_minflt
 
 
 class StageTimeline:

@@ -258,7 +258,7 @@ def run_rank(prep: Prepared, rank: int, world: int, local_rank: int,
         serve_stage(executor, link, timeline)
         hop = link.describe()
         link.close()
-        dist.gather_object((timeline.records(), cpu_report(), hop), None, dst=0)
+        dist.gather_object((timeline.records(), cpu_report(clock), hop), None, dst=0)
         return None
     predictor = run_predictor(cfg, prep.model_path, prep.arch, executor, prep.layer_ranges)
     scheduler = new_scheduler(prep, predictor)
@@ -275,7 +275,7 @@ def run_rank(prep: Prepared, rank: int, world: int, local_rank: int,
     front.close(cfg.parallel.timeout_s)
     seqs = [scheduler.seqs[r.index] for r in prep.requests]
     records = timeline.records()
-    cpus = {0: cpu_report()}
+    cpus = {0: cpu_report(clock)}
     if error is None:
         link.send_stop()
         link.flush()
@@ -319,7 +319,7 @@ def serve_local(prep: Prepared, on_finished=None, stop: StopRequest | None = Non
         t0 = time.perf_counter()
         drive(scheduler, pipeline, clock, on_finished, driver, stop)
         wall = time.perf_counter() - t0
-        cpus = {0: cpu_report()}
+        cpus = {0: cpu_report(clock)}
     finally:
         if previous is not None:
             restore_threads(previous)

@@ -126,7 +126,7 @@ class _StageState:
         if self.rank != 0:
             from .stage import serve_stage
             serve_stage(self.executor, self.link, timeline)
-            return timeline.records(), cpu_report()
+            return timeline.records(), cpu_report(clock)
         return self._drive(job, clock, timeline)
 
     def _drive(self, job: Job, clock, timeline) -> RunOutcome:
@@ -157,7 +157,7 @@ class _StageState:
             self.link.flush()
         seqs = [scheduler.seqs[r.index] for r in job.requests]
         return RunOutcome(seqs, driver.batches, timeline.records(), self.world, wall, spec.layer_ranges,
-                          str(self.device), driver_spans=driver.spans, stage_cpus={0: cpu_report()})
+                          str(self.device), driver_spans=driver.spans, stage_cpus={0: cpu_report(clock)})
 
     def close(self) -> None:
         if self.link is not None:
