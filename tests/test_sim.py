@@ -626,3 +626,21 @@ def test_simulated_planner_can_plan_like_a_real_run():
     assert pred["cost_model"]["probe_coef_s"] == probe
     plain = run_simulation(cfg)
     assert plain.predictor["source"] == "roofline" and plain.predictor["refits"] == 0
+
+
+def test_link_probe_binds_its_ranks_as_the_runtime_binds_stages(monkeypatch):
+    """The transport probe's ranks get the cores the runtime would give its stages (one each
+    where they fit, none with bind_cores=off): unbound, a rank could share a core with the
+    other's compute and time that wait as the cost of a receive."""
+    from pp_sarathi.runtime.cores import plan_cores
+    from pp_sarathi.sim.profile import link
+
+    seen = []
+    monkeypatch.setattr(link, "run_workers", lambda kind, world, arg, timeout_s: seen.append(arg) or {})
+    monkeypatch.setattr("pp_sarathi.runtime.cores.usable_cpus", lambda: [4, 5, 6])
+    cfg = tiny_cfg()
+    cfg.parallel.pp = 2
+    link.measure_link(cfg)
+    cfg.parallel.bind_cores = "off"
+    link.measure_link(cfg)
+    assert seen[0]["cores"] == [[4], [5]] and seen[1]["cores"] is None

@@ -17,6 +17,7 @@ from ...model.arch import ModelArch
 from ...model.loader import parse_dtype
 from ...runtime.driver import PipelineFront, drive
 from ...runtime.partition import layer_counts, layer_ranges
+from ...runtime.cores import plan_cores
 from ...runtime.host import prepare_host
 from ...runtime.stage import serve_stage
 from ...runtime.ring_setup import connect_rings
@@ -140,7 +141,8 @@ def link_worker(rank: int, a: dict) -> dict | None:
 
 
     cfg = run_config_from_dict(a["cfg"])
-    prepare_host(1, cfg.parallel, threads=1)
+    cores = a["cores"][rank] if a.get("cores") else None
+    prepare_host(1, cfg.parallel, threads=1, cores=cores)
     world, bs = a["world"], cfg.cache.block_size
     arch = ModelArch.from_config(cfg.model)
     h, dtype = arch.hidden_size, parse_dtype(cfg.model.dtype)
@@ -187,8 +189,13 @@ def measure_link(cfg: RunConfig, shapes=LINK_SHAPES, batches: int = 36, timeout_
     really compute (:class:`LinkStage`): {"chunk,decodes": {interval: [seconds]}} for each
     micro-batch shape, intervals as in :func:`link_intervals`."""
     world = max(2, cfg.parallel.pp)
+    # Each rank on its own core where the runtime would bind its stages so (parallel.bind_cores):
+    # a receive is timed as a run's stage sees it, not behind the other rank's compute on a
+    # shared core.
+    one_thread = dataclasses.replace(cfg.parallel, threads_per_stage=1)
     with tempfile.TemporaryDirectory() as d:
         arg = {"init_file": str(Path(d) / "pg"), "world": world, "cfg": dataclasses.asdict(cfg),
-               "shapes": [list(x) for x in shapes], "batches": batches}
+               "shapes": [list(x) for x in shapes], "batches": batches,
+               "cores": plan_cores(one_thread, world, "cpu")}
         return run_workers("link-worker", world, arg, timeout_s)
 
