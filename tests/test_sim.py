@@ -632,7 +632,6 @@ def test_link_probe_binds_its_ranks_as_the_runtime_binds_stages(monkeypatch):
     """The transport probe's ranks get the cores the runtime would give its stages (one each
     where they fit, none with bind_cores=off): unbound, a rank could share a core with the
     other's compute and time that wait as the cost of a receive."""
-    from pp_sarathi.runtime.cores import plan_cores
     from pp_sarathi.sim.profile import link
 
     seen = []

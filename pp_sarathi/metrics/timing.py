@@ -7,7 +7,7 @@ import time
 
 try:
     import resource
-except ImportError:  # not on Windows: no CPU accounting there
+except ImportError:  # Windows has no resource module: no CPU accounting there
     resource = None
 
 import torch
