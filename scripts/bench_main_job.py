@@ -45,7 +45,7 @@ def figures(res: dict) -> dict:
         for key in ("compute_cv", "compute_cv_prefill", "cpu_sys_s"):
             if s.get(key) is not None:
                 out[f"s{i}_{key}"] = s[key]
-        if "cpu_user_s" in s:  # against compute_s: a stage that waited for a core computed longer than its CPU
+        if s.get("cpu_user_s") is not None:  # against compute_s: a stage that waited for a core computed longer than its CPU
             out[f"s{i}_cpu_s"] = s["cpu_user_s"] + s["cpu_sys_s"]
     return out
 

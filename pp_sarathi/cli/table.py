@@ -24,7 +24,8 @@ def print_results(results: dict[str, dict]) -> None:
             f"{r['stages'][s]['bubble_s']:.2f} ({r['stages'][s]['bubble_fraction']:.0%})" if s < len(r["stages"]) else "-")))
         rows.append((f"stage {s} compute / recv-wait (s)", lambda r, s=s: (
             f"{r['stages'][s]['compute_s']:.2f} / {r['stages'][s]['recv_wait_s']:.2f}" if s < len(r["stages"]) else "-")))
-        if any(s < len(r["stages"]) and "cpu_user_s" in r["stages"][s] for r in results.values()):  # real runs
+        if any(s < len(r["stages"]) and r["stages"][s].get("cpu_user_s") is not None
+               for r in results.values()):  # measured in real runs only
             rows.append((f"stage {s} CPU user / sys (s)", lambda r, s=s: (
                 f"{_fmt(r['stages'][s].get('cpu_user_s'), 2)} / {_fmt(r['stages'][s].get('cpu_sys_s'), 2)}"
                 if s < len(r["stages"]) else "-")))

@@ -140,8 +140,10 @@ def run_simulation(cfg: RunConfig, cost: CostModel | None = None, on_finished=No
     device = f"sim:{cost.describe().get('source')}:" + (
         f"{cfg.hardware.name}/tp{cfg.hardware.tp}" if isinstance(cost, RooflineCosts)
         else str(cost.describe().get("device")))
-    # A simulated stage runs the cost model's thread count on no real core.
-    cpus = {s: {"threads": threads, "cores": [], "cores_bound": False} for s in range(pp)}
+    # A simulated stage runs the cost model's thread count on no real core, and no process ran:
+    # no CPU time or page faults measured (the keys stay those of a real run).
+    cpus = {s: {"threads": threads, "cores": [], "cores_bound": False,
+                "cpu_user_s": None, "cpu_sys_s": None, "page_faults": None} for s in range(pp)}
     return RunOutcome(seqs, batches, pipe.records, pp, clock.now(), ranges, device, None,
                       sim=SimInfo(info, pipe.jitter_factor), stage_cpus=cpus,
                       # hops are priced by the cost model, none is counted
