@@ -108,7 +108,8 @@ def local_core_plan(cfg, local_stages: int) -> list[list[int]] | None:
     if plan is None and cfg.parallel.bind_cores == "auto" and device == "cpu":
         cpus = len(usable_cpus())
         log.info("stage threads not bound to cores: %d local stages x %d threads exceed the %d usable "
-                 "CPUs (parallel.bind_cores=auto)", local_stages,
+                 "CPUs (parallel.bind_cores=auto); stages that share a core count their waits for it as "
+                 "compute (results.json stages[].cpu_user_s tells them apart)", local_stages,
                  stage_threads(local_stages, cfg.parallel.threads_per_stage, cpus), cpus)
     return plan
 
