@@ -53,11 +53,11 @@ class StageClock:
         """What this process used since the origin: user and system CPU seconds over all its
         threads, and minor page faults (first touches of pages). Against the wall time they tell
         a stage that computed from one that waited for a core (stages sharing cores), and how
-        much of its time the kernel took (page faults, wake-ups). Empty where unavailable."""
+        much of its time the kernel took (page faults, wake-ups). Each None where unavailable."""
         now, start = _process_cpu(), self._cpu_origin
         if now is None or start is None:
-            return {}
-        return {"cpu_user_s": now[0] - start[0], "cpu_sys_s": now[1] - start[1], "page_faults": now[2] - start[2]}
+            return dict.fromkeys(CPU_KEYS)
+        return dict(zip(CPU_KEYS, (b - a for a, b in zip(start, now))))
 
     def stamp(self):
         """A device-side stamp (CUDA event) on GPU, host time on CPU; resolve with :meth:`seconds`."""
@@ -72,6 +72,10 @@ class StageClock:
             return stamp
         stamp.synchronize()
         return self._event_offset + self._origin_event.elapsed_time(stamp) / 1e3
+
+
+# results.json stages[] keys of StageClock.cpu_used, in the order of _process_cpu.
+CPU_KEYS = ("cpu_user_s", "cpu_sys_s", "page_faults")
 
 
 def _process_cpu() -> tuple[float, float, int] | None:

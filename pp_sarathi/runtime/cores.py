@@ -203,10 +203,10 @@ def pin_compute_thread() -> None:
     gomp.GOMP_parallel(fn, None, min(torch.get_num_threads(), len(cores)), 0)
 
 
-def cpu_report(clock=None) -> dict:
+def cpu_report(clock) -> dict:
     """results.json's view of this stage process: torch threads, the CPUs its threads may run on
-    (the union of their masks), whether this run bound them and, given the run's stage clock,
-    the CPU time and page faults since its origin (``StageClock.cpu_used``)."""
+    (the union of their masks), whether this run bound them, and the CPU time and page faults
+    since the run's stage clock started (``StageClock.cpu_used``)."""
     cpus: set[int] = set()
     if hasattr(os, "sched_getaffinity"):
         for tid in _thread_ids():
@@ -214,5 +214,5 @@ def cpu_report(clock=None) -> dict:
                 cpus |= os.sched_getaffinity(tid)
             except OSError:
                 pass
-    used = clock.cpu_used() if clock is not None else {}
-    return {"threads": torch.get_num_threads(), "cores": sorted(cpus), "cores_bound": _bound is not None, **used}
+    return {"threads": torch.get_num_threads(), "cores": sorted(cpus), "cores_bound": _bound is not None,
+            **clock.cpu_used()}

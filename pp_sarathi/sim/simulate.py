@@ -18,6 +18,7 @@ from ..model.arch import ModelArch
 from ..model.checkpoint import checkpoint_arch
 from ..runtime.driver import drive
 from ..metrics.records import RunOutcome, SimInfo
+from ..metrics.timing import CPU_KEYS
 from ..runtime.partition import layer_counts, layer_ranges, reference_shape
 from ..runtime.stage import num_kv_blocks
 from ..scheduler import BlockManager, make_scheduler
@@ -142,8 +143,7 @@ def run_simulation(cfg: RunConfig, cost: CostModel | None = None, on_finished=No
         else str(cost.describe().get("device")))
     # A simulated stage runs the cost model's thread count on no real core, and no process ran:
     # no CPU time or page faults measured (the keys stay those of a real run).
-    cpus = {s: {"threads": threads, "cores": [], "cores_bound": False,
-                "cpu_user_s": None, "cpu_sys_s": None, "page_faults": None} for s in range(pp)}
+    cpus = {s: {"threads": threads, "cores": [], "cores_bound": False, **dict.fromkeys(CPU_KEYS)} for s in range(pp)}
     return RunOutcome(seqs, batches, pipe.records, pp, clock.now(), ranges, device, None,
                       sim=SimInfo(info, pipe.jitter_factor), stage_cpus=cpus,
                       # hops are priced by the cost model, none is counted
