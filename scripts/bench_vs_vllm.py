@@ -17,6 +17,12 @@ to 2.13.0+cpu through a constraints file). Not part of CI or the test suite.
     .venv/bin/python scripts/bench_vs_vllm.py --threads 2 --rounds 1 --skip-vllm
     .venv/bin/python scripts/bench_vs_vllm.py --pp2-scheduler sarathi,sarathi_uniform   # adds our pp=2 pipeline
     .venv/bin/python scripts/bench_vs_vllm.py --omp-bind    # adds pp=1 with OpenMP threads bound to cores
+    .venv/bin/python scripts/bench_vs_vllm.py --pp2-scheduler sarathi_serve --side-by-side   # + the pipeline's ceiling
+
+With our pp=2 runs the table ends with the pipeline's ceiling against vLLM on the same cores,
+from the rates this run measured: twice our one-thread pp=1 rate (no bubble, no extra work),
+and with ``--side-by-side`` the rate of two one-thread copies of our pp=1 run at once, each
+bound to its own core (every core then works as fast as it does beside another busy one).
 
 Writes OUT/vs_vllm.md, OUT/vs_vllm.json and the run dirs; OUT defaults to
 runs/bench_vs_vllm-<timestamp>. ``--docs docs/benchmarks.md`` also replaces the table between
@@ -31,6 +37,7 @@ import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from pp_sarathi.bench.runs import machine_note, md_table, parse_script_args, read_outputs, run_cli
@@ -143,8 +150,62 @@ def _run_ours(workload: Path, pp: int, scheduler: str, per_stage: int, run_dir: 
     return {"wall_s": tokens / res["throughput"]["tokens_per_s"], "outputs": [o["output_token_ids"] for o in outs]}
 
 
+def run_ours_side_by_side(workload: Path, threads: int, scheduler: str, run_dir: Path, extra: list[str],
+                          timeout: float) -> list[dict]:
+    """Two copies of our pp=1 run at once, each on its own ``threads`` cores: how fast a core
+    works while the next one is busy too, as a pipeline's stages are (shared caches, DRAM)."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2 * threads:
+        raise ValueError(f"two copies at {threads} thread(s) need {2 * threads} CPUs, this process has {len(cpus)}")
+
+    def one(copy: int) -> dict:
+        # A thread's CPU mask is its own and a child started from it inherits it; the run then
+        # binds itself within it (parallel.bind_cores=auto).
+        os.sched_setaffinity(0, cpus[copy * threads:(copy + 1) * threads])
+        return _run_ours(workload, 1, scheduler, threads, run_dir / f"copy{copy}", extra, timeout)
+
+    with ThreadPoolExecutor(2) as pool:
+        return list(pool.map(one, range(2)))
+
+
 def agreement(a: list[list[int]], b: list[list[int]]) -> int:
     return sum(x == y for x, y in zip(a, b))
+
+
+def pipeline_ceilings(summary: list[dict]) -> list[str]:
+    """What a pp-stage pipeline on T threads could reach against vLLM-CPU on the same T threads.
+
+    The pipeline's stages together do at least our pp=1 run's work (the same FLOPs plus the hops),
+    each stage on T/pp threads, so at best the pipeline runs pp times our pp=1 rate at T/pp
+    threads: no bubble, perfect balance, and no core slower for running beside the others. The
+    ceiling puts that against vLLM's T-thread rate; both rates were measured in this run.
+    """
+    def best(engine: str, pp: int, threads: int) -> dict | None:
+        rows = [s for s in summary if (s["engine"], s["pp"], s["threads"]) == (engine, pp, threads)
+                and not s["scheduler"].endswith("+side")]
+        return max(rows, key=lambda s: s["tokens_per_s"], default=None)
+
+    lines = []
+    for t in sorted({s["threads"] for s in summary if s["pp"] > 1}):
+        for pp in sorted({s["pp"] for s in summary if s["pp"] > 1 and s["threads"] == t}):
+            ours_alone, vllm, vllm_alone = best("pp_sarathi", 1, t // pp), best("vllm", 1, t), best("vllm", 1, t // pp)
+            pipe = best("pp_sarathi", pp, t)
+            if not (ours_alone and vllm):
+                continue
+            ceiling = pp * ours_alone["tokens_per_s"] / vllm["tokens_per_s"]
+            line = (f"pp={pp} on {t} threads against vLLM-CPU on {t}: ceiling **{ceiling:.2f}x** "
+                    f"({pp} x our best pp=1 at {t // pp} thread(s), {ours_alone['tokens_per_s']:.0f} tok/s, "
+                    f"÷ vLLM's {vllm['tokens_per_s']:.0f} tok/s), measured {pipe['tokens_per_s'] / vllm['tokens_per_s']:.2f}x "
+                    f"({pipe['scheduler']})")
+            side = [s for s in summary if s["scheduler"].endswith("+side") and s["threads"] == t]
+            if pp == 2 and side:
+                line += (f"; with each core as fast as beside another busy one (two pp=1 copies at once) "
+                         f"**{side[0]['tokens_per_s'] / vllm['tokens_per_s']:.2f}x**")
+            if vllm_alone:
+                line += (f"; vLLM scales {vllm['tokens_per_s'] / vllm_alone['tokens_per_s']:.2f}x "
+                         f"from {t // pp} to {t} threads")
+            lines.append(line + ".")
+    return lines
 
 
 def update_docs(path: Path, table: str) -> None:
@@ -172,6 +233,9 @@ def main(argv: list[str] | None = None) -> int:
                     "(comma-separated; on the largest thread count, threads split between the stages)")
     ap.add_argument("--omp-bind", action="store_true", help="also run pp_sarathi pp=1 with its OpenMP threads "
                     "bound to cores (OMP_PROC_BIND=close OMP_PLACES=cores), as vLLM-CPU binds its threads")
+    ap.add_argument("--side-by-side", action="store_true", help="also run two copies of our first pp=1 "
+                    "scheduler at once, each on its own half of the largest thread count's cores (once a "
+                    "round): the pipeline ceiling with each core as fast as it is beside another busy one")
     ap.add_argument("--out", type=Path, default=None)
     ap.add_argument("--docs", type=Path, default=None, help="replace the vs-vllm table in this markdown file")
     ap.add_argument("--timeout", type=float, default=1800)
@@ -212,12 +276,19 @@ def main(argv: list[str] | None = None) -> int:
             jobs = list(order)
             if t == max(threads) and t >= 2:
                 jobs += [("pp_sarathi", 2, s) for s in args.pp2_scheduler.split(",") if s]
+                if args.side_by_side:
+                    jobs.append(("pp_sarathi", 1, f"{pp1[0]}+side"))
             for name, pp, sched in jobs:
                 d = out / f"r{rnd}-t{t}-{name}-pp{pp}{('-' + sched.replace('+', '-')) if sched else ''}"
                 print(f"[vs-vllm] round {rnd + 1}/{args.rounds}, {t} thread(s): {name} pp={pp} {sched}",
                       file=sys.stderr, flush=True)
                 if name == "vllm":
                     res = run_vllm(vllm_py, spec, t, d, args.timeout)
+                elif sched.endswith("+side"):
+                    copies = run_ours_side_by_side(workload, t // 2, sched.removesuffix("+side"), d, extra,
+                                                   args.timeout)
+                    res = {"wall_s": max(c["wall_s"] for c in copies), "outputs": copies[0]["outputs"],
+                           "copies_wall_s": [c["wall_s"] for c in copies]}
                 else:
                     bind = sched.endswith("+bind")
                     res = run_ours(workload, t, pp, sched.removesuffix("+bind"), d, extra, args.timeout, bind)
@@ -229,11 +300,14 @@ def main(argv: list[str] | None = None) -> int:
     rows, summary = [], []
     for (name, pp, sched, t), rs in sorted(runs.items(), key=lambda kv: (kv[0][3], kv[0][0] != "vllm", kv[0][1])):
         wall = statistics.median(r["wall_s"] for r in rs)
-        tps = n_tokens / wall
+        side = sched.endswith("+side")  # two whole jobs done in `wall`
+        tps = (2 if side else 1) * n_tokens / wall
         base = runs.get(("vllm", 1, "", t))
-        ratio = f"{statistics.median(r['wall_s'] for r in base) / wall:.2f}x" if base else "n/a"
+        ratio = f"{tps * statistics.median(r['wall_s'] for r in base) / n_tokens:.2f}x" if base else "n/a"
         agree = f"{agreement(rs[0]['outputs'], ref[t])}/{len(reqs)}" if t in ref else "n/a"
-        label = "vLLM-CPU" if name == "vllm" else f"pp_sarathi pp={pp} {sched}"
+        label = ("vLLM-CPU" if name == "vllm" else
+                 f"pp_sarathi pp=1 {sched.removesuffix('+side')}, two copies at once ({t // 2} thread(s) each)"
+                 if side else f"pp_sarathi pp={pp} {sched}")
         rows.append([t, label, f"{wall:.1f}", f"{tps:.0f}", ratio, agree,
                      " / ".join(f"{r['wall_s']:.1f}" for r in rs)])
         summary.append({"engine": name, "pp": pp, "scheduler": sched, "threads": t, "median_wall_s": wall,
@@ -242,6 +316,9 @@ def main(argv: list[str] | None = None) -> int:
                         "loads": [r["load"] for r in rs]})
     table = md_table(["threads", "engine", "median s", "tok/s", "vs vLLM-CPU (same threads)",
                       "outputs identical to vLLM", "runs s"], rows)
+    bounds = pipeline_ceilings(summary)
+    if bounds:
+        table += "\n\n" + "\n".join(bounds)
     header = (f"{len(reqs)} requests, {n_tokens} tokens (prompt + output), default checkpoint float32, "
               f"budget 128, 28 seqs, greedy, EOS ignored, median of {args.rounds}; "
               f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {'; '.join(notes)}")
